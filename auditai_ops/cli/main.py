@@ -1,0 +1,146 @@
+"""`auditai`: one subcommand per pipeline step, plus `run` for the whole audit.
+
+Every step reads its section of the YAML config (embedded defaults when no config is given)
+and reads and writes files under --out. Exit codes: 0 ok (every spec passes), 1 a spec
+fails, 2 bad input or an error. Bad input is reported in one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from auditai_ops.config import AuditConfig, load_config
+from auditai_ops.errors import AuditInputError
+
+EXIT_OK, EXIT_SPEC_FAILED, EXIT_ERROR = 0, 1, 2
+DEFAULT_OUT = Path("auditai-out")
+
+
+def _config_and_base(args: argparse.Namespace) -> tuple[AuditConfig, Path | None]:
+    path = args.config
+    config = load_config(path)
+    if getattr(args, "device", None):
+        verify = config.verify.model_validate({**config.verify.model_dump(), "device": args.device})
+        config = config.model_copy(update={"verify": verify})
+    return config, (Path(path).resolve().parent if path else None)
+
+
+def _print_json(payload: dict[str, Any]) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def cmd_map_latents(args: argparse.Namespace) -> int:
+    from auditai_ops.latent.mapping import map_latents
+
+    config, base = _config_and_base(args)
+    artifacts = map_latents(config.data, config.latent, args.out, base)
+    _print_json({"vae": artifacts.vae_path, "latents": artifacts.latents_path, "reconstructions": artifacts.reconstruction_png, **artifacts.metrics})
+    return EXIT_OK
+
+
+def cmd_discover_directions(args: argparse.Namespace) -> int:
+    from auditai_ops.directions.discover import DIRECTIONS_DIR, DIRECTIONS_JSON, discover_directions
+
+    config, _ = _config_and_base(args)
+    directions = discover_directions(config.directions, args.out)
+    record = json.loads((Path(args.out) / DIRECTIONS_DIR / DIRECTIONS_JSON).read_text())["directions"]
+    for name, direction in directions.items():
+        effect = record[name]["effect"]
+        if direction.calibration is not None:
+            print(f"{name:10s} {direction.calibration:8.3f} {direction.units}/latent unit  probe R2 {record[name]['probe']['r2_valid']:.3f}  monotonic {effect['monotonic']}  disentanglement {effect['disentanglement']:.2f}")
+        else:
+            print(f"{name:10s} explained variance {record[name]['explained_variance_ratio']:.3f}")
+    return EXIT_OK
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from auditai_ops.classifier.head import train_classifier
+
+    config, _ = _config_and_base(args)
+    artifacts = train_classifier(config.classifier, args.out)
+    _print_json({"head": artifacts.head_path, **artifacts.metrics})
+    return EXIT_OK
+
+
+def _verify_and_report(config: AuditConfig, out: Path) -> int:
+    from auditai_ops.report.render import console_table
+    from auditai_ops.verify.step import verify_audit
+
+    summary = verify_audit(config.unit_tests, config.verify, out)
+    print(console_table(summary))
+    print(f"\ncertificates, summary.json and junit.xml are in {out}")
+    return {"pass": EXIT_OK, "fail": EXIT_SPEC_FAILED}.get(summary["verdict"], EXIT_ERROR)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    config, _ = _config_and_base(args)
+    return _verify_and_report(config, args.out)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from auditai_ops.classifier.head import train_classifier
+    from auditai_ops.directions.discover import discover_directions
+    from auditai_ops.latent.mapping import map_latents
+
+    args.config = args.config or args.config_file
+    config, base = _config_and_base(args)
+    if not config.unit_tests:
+        raise AuditInputError("unit_tests: no unit tests are configured; add at least one under 'unit_tests'")
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base)),
+        ("discover-directions", lambda: discover_directions(config.directions, args.out)),
+        ("train-classifier", lambda: train_classifier(config.classifier, args.out)),
+    ]
+    for name, step in steps:
+        print(f"[auditai run] {name} ...", flush=True)
+        step()
+    print("[auditai run] verify ...", flush=True)
+    return _verify_and_report(config, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="auditai", description="Verified semantic unit tests for deep-learning models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def step(name: str, handler: Callable[[argparse.Namespace], int], help_text: str, device: bool = False) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--config", type=Path, default=None, help="YAML config (default: embedded defaults)")
+        command.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"artifact folder (default: {DEFAULT_OUT})")
+        if device:
+            command.add_argument("--device", default=None, help="override verify.device: cpu, cuda or cuda:N")
+        command.set_defaults(handler=handler)
+        return command
+
+    step("map-latents", cmd_map_latents, "train the VAE generator and encode the dataset into latents.npz")
+    step("discover-directions", cmd_discover_directions, "find calibrated semantic directions in latent space")
+    step("train-classifier", cmd_train_classifier, "train the audited classifier head on the latents")
+    step("verify", cmd_verify, "prove or falsify every unit test; write certificates, summary.json, junit.xml", device=True)
+    run = step("run", cmd_run, "run every step end to end into --out", device=True)
+    run.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG", help="YAML config (same as --config)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except AuditInputError as error:
+        print(f"auditai: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("auditai: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug, not bad input: keep the traceback, but never exit 1 ("spec failed")
+        logging.getLogger("auditai").exception("internal error")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Typed audit configuration, validated from YAML at the edge.
+
+Every section has embedded defaults, so a config file only states what differs. A misspelt
+or mistyped field is reported with its full path (``unit_tests[0].range.low``) and what was
+expected, as an `AuditInputError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from auditai_ops.errors import AuditInputError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+BoundMethod = Literal["IBP", "CROWN", "CROWN-IBP", "alpha-CROWN"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the images come from: ``mnist`` (built in, offline), a ``.npz`` file or an image folder."""
+
+    dataset: str = "mnist"
+    train_limit: PositiveInt | None = None
+    test_limit: PositiveInt | None = None
+
+
+class LatentConfig(_Section):
+    """The convolutional VAE that maps images to latents (the generator)."""
+
+    latent_dim: PositiveInt = 16
+    channels: tuple[PositiveInt, PositiveInt] = (32, 64)
+    epochs: PositiveInt = 6
+    batch_size: PositiveInt = 128
+    learning_rate: Annotated[float, Field(gt=0.0)] = 2e-3
+    beta: NonNegativeFloat = 1.0
+    seed: int = 0
+
+
+class DirectionsConfig(_Section):
+    """Supervised attribute directions, PCA directions, and how their effect is measured."""
+
+    attributes: tuple[str, ...] = ("slant", "thickness", "width", "height")
+    pca_components: Annotated[int, Field(ge=0)] = 4
+    ridge: NonNegativeFloat = 1e-2
+    effect_samples: PositiveInt = 512
+    effect_max_step: Annotated[float, Field(gt=0.0)] = 1.5
+    effect_points: Annotated[int, Field(ge=3)] = 7
+    strip_samples: PositiveInt = 6
+    strip_points: Annotated[int, Field(ge=2)] = 9
+    seed: int = 0
+
+
+class ClassifierConfig(_Section):
+    """The audited model of the paper's setting: an MLP head on the generator's encoder."""
+
+    hidden: tuple[PositiveInt, ...] = (256, 256)
+    epochs: PositiveInt = 30
+    batch_size: PositiveInt = 256
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+    weight_decay: NonNegativeFloat = 1e-4
+    seed: int = 0
+
+
+class RangeConfig(_Section):
+    """An interval of the semantic parameter, in the attribute's units or in latent units."""
+
+    low: float
+    high: float
+    units: Literal["attribute", "latent"] = "attribute"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeConfig:
+        if not self.low <= self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+
+class UnitTestConfig(_Section):
+    """One semantically aligned unit test: a direction, a range, a property and a threshold."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
+    direction: str
+    range: RangeConfig
+    property: Literal["true_label", "clean_prediction"] = "true_label"
+    threshold: Probability = 0.9
+    samples: PositiveInt | None = None
+
+
+class VerifyConfig(_Section):
+    """How unit tests are proved: bound methods in order, sample count, batching, device."""
+
+    methods: tuple[BoundMethod, ...] = ("IBP", "CROWN")
+    samples: PositiveInt = 1000
+    batch_size: PositiveInt = 1024
+    falsify_grid: Annotated[int, Field(ge=2)] = 65
+    min_margin: NonNegativeFloat = 1e-5
+    device: str = "cpu"
+    seed: int = 0
+
+    @field_validator("methods")
+    @classmethod
+    def _non_empty(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        if not methods:
+            raise ValueError("at least one bound method is needed")
+        return methods
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
+            raise ValueError(f"expected 'cpu', 'cuda' or 'cuda:N', got '{device}'")
+        return device
+
+
+class AuditConfig(_Section):
+    """A whole audit: the pipeline steps' settings and the unit tests."""
+
+    data: DataConfig = DataConfig()
+    latent: LatentConfig = LatentConfig()
+    directions: DirectionsConfig = DirectionsConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    verify: VerifyConfig = VerifyConfig()
+    unit_tests: tuple[UnitTestConfig, ...] = ()
+
+    @field_validator("unit_tests")
+    @classmethod
+    def _unique_names(cls, tests: tuple[UnitTestConfig, ...]) -> tuple[UnitTestConfig, ...]:
+        seen: set[str] = set()
+        for test in tests:
+            if test.name in seen:
+                raise ValueError(f"unit test name '{test.name}' is used twice")
+            seen.add(test.name)
+        return tests
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config section class that holds the field at `location`, for 'did you mean' hints."""
+    model: Any = AuditConfig
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = tuple(error["loc"])
+    path = _field_path(location)
+    if error["type"] == "extra_forbidden":
+        model = _model_at(location)
+        known = list(model.model_fields) if model is not None else []
+        hint = difflib.get_close_matches(str(location[-1]), known, n=1)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else (f" (known fields: {', '.join(known)})" if known else "")
+        return f"{path}: unknown field{suggestion}"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if error["type"] == "value_error" or isinstance(got, dict | list | tuple) or got is None else f" (got {got!r})"
+    return f"{path}: {message}{shown}"
+
+
+def parse_config(raw: Any, source: str = "config") -> AuditConfig:
+    """Validate a decoded YAML document into an `AuditConfig`, naming every bad field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise AuditInputError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return AuditConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(_describe(e) for e in error.errors())
+        raise AuditInputError(f"{source}: {problems}") from None
+
+
+def load_config(path: Path | None) -> AuditConfig:
+    """Read and validate a YAML config file; `None` gives the embedded defaults."""
+    if path is None:
+        return AuditConfig()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise AuditInputError(f"config file '{path}': cannot be read ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise AuditInputError(f"config file '{path}': not valid YAML ({error})") from None
+    return parse_config(raw, source=f"config file '{path}'")

@@ -1,0 +1,187 @@
+"""The `discover-directions` step: semantic directions in latent space, calibrated in human units.
+
+Supervised directions: for each attribute a, a ridge-regression probe a(x) ~ w . mu(x) + b on
+the training latents; the unit direction is d = w / |w|. Its calibration is measured, not
+assumed: decode z + t d for held-out z and a grid of t, re-measure the attribute, and fit the
+slope (attribute units per latent unit). The sign of d is chosen so that this slope is
+positive, so a range in attribute units maps to the latent interval [low, high] / slope.
+
+Unsupervised directions: the leading principal components of the training latents, in
+latent units. Every direction carries quality evidence: the probe's held-out R2, the measured
+slope and whether the mean attribute moves monotonically along the grid, and how much every
+other attribute moves (disentanglement).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from auditai_ops.config import DirectionsConfig
+from auditai_ops.data.attributes import ATTRIBUTE_UNITS, measure_attributes
+from auditai_ops.errors import AuditInputError
+from auditai_ops.fileio import sha256_array, write_json, write_npz
+from auditai_ops.latent.mapping import LATENT_DIR, LATENTS_FILE, VAE_FILE, decode, load_vae
+from auditai_ops.latent.vae import Decoder
+from auditai_ops.report.images import save_grid_png
+
+DIRECTIONS_DIR = "directions"
+DIRECTIONS_JSON = "directions.json"
+VECTORS_FILE = "directions.npz"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A unit vector in latent space; `calibration` is attribute units per latent unit (None for PCA)."""
+
+    name: str
+    kind: str
+    vector: np.ndarray
+    units: str
+    calibration: float | None
+
+    @property
+    def sha256(self) -> str:
+        return sha256_array(self.vector.astype(np.float32))
+
+
+def fit_probe(latents: np.ndarray, target: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
+    """Ridge regression target ~ w . z + b with centred inputs; returns (w, b)."""
+    z_mean, t_mean = latents.mean(axis=0), float(target.mean())
+    centred = latents - z_mean
+    gram = centred.T @ centred + ridge * len(latents) * np.eye(latents.shape[1])
+    weights = np.linalg.solve(gram, centred.T @ (target - t_mean))
+    return weights, t_mean - float(z_mean @ weights)
+
+
+def r_squared(prediction: np.ndarray, target: np.ndarray) -> float:
+    residual = float(np.sum((target - prediction) ** 2))
+    total = float(np.sum((target - target.mean()) ** 2))
+    return 1.0 - residual / total if total > 0 else 0.0
+
+
+def measured_effect(decoder: Decoder, latents: np.ndarray, vector: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean of every attribute of decode(z + t d) over the sample z, for each t in `steps`."""
+    moved = latents[None, :, :] + steps[:, None, None] * vector[None, None, :]
+    images = decode(decoder, moved.reshape(-1, latents.shape[1]).astype(np.float32))
+    measured = measure_attributes(images)
+    return {name: np.nanmean(values.reshape(len(steps), len(latents)), axis=1) for name, values in measured.items()}
+
+
+def _slope(steps: np.ndarray, means: np.ndarray) -> float | None:
+    """Least-squares slope of the finite means against t; None with fewer than two finite points."""
+    finite = np.isfinite(means)
+    return float(np.polyfit(steps[finite], means[finite], 1)[0]) if finite.sum() >= 2 else None
+
+
+def _effect_evidence(target: str | None, steps: np.ndarray, means: dict[str, np.ndarray], spread: dict[str, float]) -> dict[str, Any]:
+    """Slopes of every attribute along the direction, in own units and relative to the data's std."""
+    per_attribute = {}
+    for name, values in means.items():
+        slope = _slope(steps, values)
+        relative = slope / spread[name] if slope is not None and spread[name] > 0 else None
+        per_attribute[name] = {"slope": slope, "slope_per_std": relative, "means": [v if np.isfinite(v) else None for v in values.tolist()]}
+    evidence: dict[str, Any] = {"steps": steps.tolist(), "attributes": per_attribute}
+    if target is not None:
+        diffs = np.diff(means[target])
+        evidence["target"] = target
+        evidence["monotonic"] = bool(np.all(diffs > 0) or np.all(diffs < 0))
+        target_rel = abs(per_attribute[target]["slope_per_std"] or 0.0)
+        others = [abs(v["slope_per_std"]) for k, v in per_attribute.items() if k != target and v["slope_per_std"] is not None]
+        evidence["disentanglement"] = target_rel / (target_rel + max(others)) if others and target_rel > 0 else 1.0
+    return evidence
+
+
+def discover_directions(settings: DirectionsConfig, out_dir: Path) -> dict[str, Direction]:
+    """Fit, calibrate and document every direction; write `directions.json`, vectors and traversal strips."""
+    latent_folder = Path(out_dir) / LATENT_DIR
+    vae, _ = load_vae(latent_folder / VAE_FILE)
+    with np.load(latent_folder / LATENTS_FILE, allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    train_z, valid_z = arrays["train_z"].astype(np.float64), arrays["valid_z"].astype(np.float64)
+    unknown = [a for a in settings.attributes if f"train_attr_{a}" not in arrays]
+    if unknown:
+        known = sorted(k.removeprefix("train_attr_") for k in arrays if k.startswith("train_attr_"))
+        raise AuditInputError(f"directions.attributes: unknown attribute(s) {unknown}; measured attributes are {known}")
+
+    rng = np.random.default_rng(settings.seed)
+    effect_z = valid_z[rng.choice(len(valid_z), size=min(settings.effect_samples, len(valid_z)), replace=False)]
+    steps = np.linspace(-settings.effect_max_step, settings.effect_max_step, settings.effect_points)
+    attribute_names = sorted(k.removeprefix("train_attr_") for k in arrays if k.startswith("train_attr_") and k.removeprefix("train_attr_") in ATTRIBUTE_UNITS)
+    spread = {name: float(np.nanstd(arrays[f"train_attr_{name}"])) for name in attribute_names}
+
+    directions: dict[str, Direction] = {}
+    records: dict[str, dict[str, Any]] = {}
+    for attribute in settings.attributes:
+        target, valid_target = arrays[f"train_attr_{attribute}"], arrays[f"valid_attr_{attribute}"]
+        fit_rows, valid_rows = np.isfinite(target), np.isfinite(valid_target)
+        weights, bias = fit_probe(train_z[fit_rows], target[fit_rows].astype(np.float64), settings.ridge)
+        norm = float(np.linalg.norm(weights))
+        if norm == 0.0:
+            raise AuditInputError(f"directions.attributes: attribute '{attribute}' is not predictable from the latents (probe weights are zero)")
+        vector = weights / norm
+        means = measured_effect(vae.decoder, effect_z, vector, steps)
+        if not np.isfinite(means[attribute]).all():
+            raise AuditInputError(
+                f"directions.attributes: '{attribute}' cannot be measured on decoded images (they have no foreground above "
+                "intensity 0.5); the generator looks undertrained: raise latent.epochs or use more training data"
+            )
+        slope = _slope(steps, means[attribute]) or 0.0
+        if slope < 0:
+            vector, means = -vector, {k: v[::-1] for k, v in means.items()}
+            slope = -slope
+        evidence = _effect_evidence(attribute, steps, means, spread)
+        r2 = r_squared(valid_z[valid_rows] @ weights + bias, valid_target[valid_rows])
+        directions[attribute] = Direction(attribute, "attribute", vector.astype(np.float32), ATTRIBUTE_UNITS.get(attribute, "units"), slope)
+        records[attribute] = {"probe": {"r2_valid": r2, "slope_units_per_latent": norm}, "effect": evidence}
+
+    if settings.pca_components > min(train_z.shape):
+        raise AuditInputError(f"directions.pca_components: {settings.pca_components} exceeds the latent dimension {train_z.shape[1]}")
+    centred = train_z - train_z.mean(axis=0)
+    _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    explained = singular**2 / np.sum(singular**2)
+    for index in range(settings.pca_components):
+        vector = components[index] * np.sign(components[index][np.argmax(np.abs(components[index]))])
+        name = f"pca{index + 1}"
+        means = measured_effect(vae.decoder, effect_z, vector, steps)
+        directions[name] = Direction(name, "pca", vector.astype(np.float32), "latent", None)
+        records[name] = {"explained_variance_ratio": float(explained[index]), "effect": _effect_evidence(None, steps, means, spread)}
+
+    folder = Path(out_dir) / DIRECTIONS_DIR
+    strip_z = valid_z[: settings.strip_samples]
+    strip_steps = np.linspace(-settings.effect_max_step, settings.effect_max_step, settings.strip_points)
+    for name, direction in directions.items():
+        moved = strip_z[:, None, :] + strip_steps[None, :, None] * direction.vector[None, None, :].astype(np.float64)
+        images = decode(vae.decoder, moved.reshape(-1, strip_z.shape[1]).astype(np.float32))
+        save_grid_png(images.reshape(len(strip_z), len(strip_steps), *images.shape[1:]), folder / f"traversal_{name}.png")
+        records[name].update(
+            {"kind": direction.kind, "units": direction.units, "calibration": direction.calibration, "vector_sha256": direction.sha256, "traversal_png": f"traversal_{name}.png"}
+        )
+    write_npz(folder / VECTORS_FILE, {name: d.vector for name, d in directions.items()})
+    write_json(folder / DIRECTIONS_JSON, {"schema_version": SCHEMA_VERSION, "latent_dim": int(train_z.shape[1]), "strip_steps": strip_steps.tolist(), "directions": records})
+    return directions
+
+
+def load_directions(out_dir: Path) -> dict[str, Direction]:
+    """Read `directions.json` and the vectors written by `discover_directions`, checking their hashes."""
+    folder = Path(out_dir) / DIRECTIONS_DIR
+    try:
+        record = json.loads((folder / DIRECTIONS_JSON).read_text())
+        with np.load(folder / VECTORS_FILE, allow_pickle=False) as stored:
+            vectors = {key: stored[key] for key in stored.files}
+    except FileNotFoundError as error:
+        raise AuditInputError(f"directions: '{error.filename}' not found (run `auditai discover-directions` first)") from None
+    directions = {}
+    for name, entry in record["directions"].items():
+        if name not in vectors:
+            raise AuditInputError(f"directions: vector '{name}' is missing from '{folder / VECTORS_FILE}'")
+        direction = Direction(name, entry["kind"], vectors[name].astype(np.float32), entry["units"], entry["calibration"])
+        if direction.sha256 != entry["vector_sha256"]:
+            raise AuditInputError(f"directions: vector '{name}' in '{folder / VECTORS_FILE}' does not match its recorded sha256")
+        directions[name] = direction
+    return directions

@@ -1,0 +1,91 @@
+"""Atomic file writes and content hashes.
+
+Every artifact is written to a temporary file in the destination folder and renamed into
+place, so a crash never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_with(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
+    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+        write(handle)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    _write_with(path, "w", lambda handle: handle.write(text))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write indented, key-sorted JSON atomically."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write a compressed .npz atomically (numpy appends no suffix to an open handle)."""
+    _write_with(path, "wb", lambda handle: np.savez_compressed(handle, **arrays))
+
+
+def canonical_json(payload: Any) -> bytes:
+    """The bytes that content hashes are taken over: sorted keys, no whitespace."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    """Hash of a module's weights, independent of the file format they were stored in.
+
+    Covers every tensor's name, dtype, shape and little-endian bytes, in sorted name order.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def sha256_array(array: np.ndarray) -> str:
+    """Hash of an array's dtype, shape and bytes."""
+    contiguous = np.ascontiguousarray(array)
+    return sha256_bytes(f"{contiguous.dtype.str}|{contiguous.shape}|".encode() + contiguous.tobytes())

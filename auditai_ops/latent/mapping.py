@@ -1,0 +1,133 @@
+"""The `map-latents` step: train the VAE generator, report reconstruction, encode the dataset.
+
+Writes into `<out>/latent/`: `vae.safetensors` + `vae.json` (architecture, metrics),
+`reconstructions.png` (originals above reconstructions) and `latents.npz` with, per split,
+the posterior means `<split>_z`, labels, sample ids and measured attributes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from auditai_ops.progress import progress as progress_bar
+
+from auditai_ops.config import DataConfig, LatentConfig
+from auditai_ops.data.cache import split_attributes
+from auditai_ops.data.datasets import SPLITS, Dataset, load_dataset
+from auditai_ops.errors import AuditInputError
+from auditai_ops.fileio import write_npz
+from auditai_ops.latent.vae import VAE, Decoder, Encoder, VAEArchitecture, vae_loss
+from auditai_ops.modelio import load_module, save_module
+from auditai_ops.report.images import save_grid_png
+
+LATENT_DIR = "latent"
+VAE_FILE = "vae.safetensors"
+LATENTS_FILE = "latents.npz"
+
+
+@dataclass(frozen=True)
+class LatentArtifacts:
+    vae_path: Path
+    latents_path: Path
+    reconstruction_png: Path
+    metrics: dict[str, float]
+
+
+def _batches(count: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
+    return list(order.split(batch_size))
+
+
+def train_vae(images: np.ndarray, arch: VAEArchitecture, settings: LatentConfig) -> VAE:
+    """Fit the VAE to images (N, H, W) with Adam on the negative ELBO."""
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    vae = VAE(arch)
+    optimiser = torch.optim.Adam(vae.parameters(), lr=settings.learning_rate)
+    data = torch.from_numpy(images).unsqueeze(1)
+    vae.train()
+    steps = settings.epochs * len(_batches(len(data), settings.batch_size))
+    with progress_bar(total=steps, desc="train VAE", unit="batch") as progress:
+        for epoch in range(settings.epochs):
+            for index in _batches(len(data), settings.batch_size, generator):
+                batch = data[index]
+                reconstruction, mu, log_var = vae(batch)
+                loss = vae_loss(batch, reconstruction, mu, log_var, settings.beta)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                progress.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.1f}")
+                progress.update()
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode(encoder: Encoder, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Posterior means mu(x) for images (N, H, W)."""
+    data = torch.from_numpy(images).unsqueeze(1)
+    return torch.cat([encoder(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]).numpy()
+
+
+@torch.no_grad()
+def decode(decoder: Decoder, latents: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Decoded images (N, H, W) for latents (N, D)."""
+    data = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
+    return torch.cat([decoder(data[i : i + batch_size]) for i in range(0, len(data), batch_size)])[:, 0].numpy()
+
+
+def reconstruction_metrics(vae: VAE, images: np.ndarray) -> dict[str, float]:
+    """Mean squared error per pixel and mean binary cross-entropy per image of mu-reconstructions."""
+    reconstructed = decode(vae.decoder, encode(vae.encoder, images))
+    clipped = np.clip(reconstructed, 1e-6, 1 - 1e-6)
+    bce = -(images * np.log(clipped) + (1 - images) * np.log(1 - clipped)).sum(axis=(1, 2))
+    return {"reconstruction_mse_per_pixel": float(np.mean((reconstructed - images) ** 2)), "reconstruction_bce_per_image": float(bce.mean())}
+
+
+def load_vae(path: Path) -> tuple[VAE, dict[str, Any]]:
+    """Rebuild the VAE from `vae.json` and load `vae.safetensors` (no pickle)."""
+    module, record = load_module(path, "vae", lambda arch: VAE(VAEArchitecture.from_dict(arch)))
+    assert isinstance(module, VAE)
+    return module, record
+
+
+def map_latents(data: DataConfig, settings: LatentConfig, out_dir: Path, base_dir: Path | None = None) -> LatentArtifacts:
+    """Train the generator on the training split, save it, and encode every split into `latents.npz`."""
+    started = time.perf_counter()
+    dataset: Dataset = load_dataset(data.dataset, base_dir)
+    train = dataset.train.head(data.train_limit)
+    height, width = train.images.shape[1:]
+    arch = VAEArchitecture(height, width, settings.latent_dim, settings.channels)
+    if len(train) < settings.batch_size:
+        raise AuditInputError(f"latent.batch_size: {settings.batch_size} is larger than the training split ({len(train)} images)")
+    vae = train_vae(train.images, arch, settings)
+
+    test = dataset.test.head(data.test_limit)
+    metrics = reconstruction_metrics(vae, test.images)
+    metrics["train_seconds"] = time.perf_counter() - started
+    folder = Path(out_dir) / LATENT_DIR
+    vae_path = folder / VAE_FILE
+    save_module(vae, vae_path, "vae", arch.as_dict(), {"dataset": dataset.name, "num_classes": dataset.num_classes, "training": settings.model_dump(mode="json"), "metrics": metrics})
+
+    shown = test.images[:12]
+    reconstructed = decode(vae.decoder, encode(vae.encoder, shown))
+    png = folder / "reconstructions.png"
+    save_grid_png(np.stack([shown, reconstructed]), png)
+
+    arrays: dict[str, np.ndarray] = {}
+    for name in SPLITS:
+        split = dataset.split(name).head(data.train_limit if name != "test" else data.test_limit)
+        arrays[f"{name}_z"] = encode(vae.encoder, split.images)
+        arrays[f"{name}_labels"] = split.labels
+        arrays[f"{name}_ids"] = split.ids.astype(str)
+        for attr, values in split_attributes(split).items():
+            arrays[f"{name}_attr_{attr}"] = values
+    arrays["num_classes"] = np.array(dataset.num_classes)
+    latents_path = folder / LATENTS_FILE
+    write_npz(latents_path, arrays)
+    return LatentArtifacts(vae_path, latents_path, png, metrics)

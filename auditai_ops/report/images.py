@@ -1,0 +1,29 @@
+"""PNG image grids: reconstruction grids, traversal strips, counterexamples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from auditai_ops.fileio import atomic_path
+
+
+def image_grid(tiles: np.ndarray, pad: int = 2) -> np.ndarray:
+    """Arrange tiles (R, C, H, W) in [0, 1] into one uint8 image with `pad` pixels of grey between them."""
+    rows, cols, height, width = tiles.shape
+    canvas = np.full((rows * (height + pad) + pad, cols * (width + pad) + pad), 128, dtype=np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            top, left = pad + r * (height + pad), pad + c * (width + pad)
+            canvas[top : top + height, left : left + width] = np.clip(tiles[r, c] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return canvas
+
+
+def save_grid_png(tiles: np.ndarray, path: Path, scale: int = 3) -> None:
+    """Save tiles (R, C, H, W) as one PNG, upscaled by `scale` with nearest neighbours."""
+    canvas = image_grid(tiles)
+    image = Image.fromarray(canvas, mode="L").resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    with atomic_path(Path(path)) as tmp:
+        image.save(tmp, format="PNG")

@@ -1,0 +1,80 @@
+"""Render an audit summary (the `summary.json` payload) as JUnit XML and as a console table.
+
+Rendering is kept apart from verification: both functions read only the summary payload.
+In JUnit, a failed spec is a <failure>, a unit test that could not run is an <error>, and
+the figures go into <properties>.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+FIGURES = ("certified_accuracy", "falsified_fraction", "unknown_fraction", "clean_accuracy", "threshold", "samples")
+
+
+def _range_text(test: dict[str, Any]) -> str:
+    span = test["range"]
+    units = "latent" if span["units"] == "latent" else test.get("direction_units", span["units"])
+    return f"[{span['low']:g}, {span['high']:g}] {units}"
+
+
+def junit_xml(summary: dict[str, Any]) -> str:
+    """One <testcase> per unit test, in a single <testsuite name="auditai">."""
+    tests = summary["unit_tests"]
+    suite = ET.Element(
+        "testsuite",
+        name="auditai",
+        tests=str(len(tests)),
+        failures=str(sum(t["verdict"] == "fail" for t in tests)),
+        errors=str(sum(t["verdict"] == "error" for t in tests)),
+        time=f"{sum(t.get('seconds') or 0.0 for t in tests):.3f}",
+        timestamp=summary["created_at"],
+    )
+    for test in tests:
+        case = ET.SubElement(suite, "testcase", classname=f"auditai.{test['direction']}", name=test["name"], time=f"{test.get('seconds') or 0.0:.3f}")
+        properties = ET.SubElement(case, "properties")
+        for key in FIGURES:
+            if test.get(key) is not None:
+                ET.SubElement(properties, "property", name=key, value=f"{test[key]:g}" if isinstance(test[key], float) else str(test[key]))
+        ET.SubElement(properties, "property", name="range", value=_range_text(test))
+        if test.get("certificate"):
+            ET.SubElement(properties, "property", name="certificate", value=test["certificate"])
+        if test["verdict"] == "fail":
+            message = f"certified accuracy {test['certified_accuracy']:.4f} < threshold {test['threshold']:g}"
+            failure = ET.SubElement(case, "failure", message=message, type="SpecificationFailed")
+            failure.text = f"{message}; falsified {test['falsified_fraction']:.4f}, unknown {test['unknown_fraction']:.4f} over {test['samples']} samples"
+        elif test["verdict"] == "error":
+            error = ET.SubElement(case, "error", message=test["error"], type="AuditError")
+            error.text = test["error"]
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def console_table(summary: dict[str, Any]) -> str:
+    """A fixed-width table of the unit tests and the overall verdict."""
+    header = ("unit test", "direction", "range", "certified", "falsified", "unknown", "clean", "threshold", "time", "verdict")
+    rows = [header]
+    for test in summary["unit_tests"]:
+        if test["verdict"] == "error":
+            rows.append((test["name"], test["direction"], _range_text(test), "-", "-", "-", "-", f"{test['threshold']:.2f}", "-", "ERROR"))
+            continue
+        rows.append(
+            (
+                test["name"],
+                test["direction"],
+                _range_text(test),
+                f"{test['certified_accuracy']:.3f}",
+                f"{test['falsified_fraction']:.3f}",
+                f"{test['unknown_fraction']:.3f}",
+                f"{test['clean_accuracy']:.3f}",
+                f"{test['threshold']:.2f}",
+                f"{test['seconds']:.1f}s",
+                test["verdict"].upper(),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append(f"\naudit verdict: {summary['verdict'].upper()} ({sum(t['verdict'] == 'pass' for t in summary['unit_tests'])}/{len(summary['unit_tests'])} unit tests pass)")
+    return "\n".join(lines)

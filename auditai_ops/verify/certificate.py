@@ -1,0 +1,106 @@
+"""Certificates: one self-describing, content-hashed JSON record per unit test.
+
+A certificate states the spec as written and the latent interval actually verified, the
+methods, every sample's verdict and margin lower bound, the aggregates and verdict, the
+sha256 of every model's weights, of the direction vector and of the sample-id list, the
+software versions, and `content_sha256` = sha256 of the canonical JSON of all other fields.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from auditai_ops.fileio import canonical_json, sha256_bytes, write_json
+from auditai_ops.verify.lirpa_compat import applied_patches
+from auditai_ops.verify.unit_tests import UnitTestResult
+
+SCHEMA_VERSION = 1
+CERTIFICATES_DIR = "certificates"
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def software_versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": package_version("torch"),
+        "auto_LiRPA": package_version("auto_LiRPA"),
+        "auditai-ops": package_version("auditai-ops"),
+    }
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: missing numbers are null."""
+    return None if math.isnan(value) else float(value)
+
+
+def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str]) -> dict[str, Any]:
+    """The certificate of one unit test, including its content hash."""
+    test, outcomes = result.test, result.outcomes
+    samples = []
+    for i, sample_id in enumerate(result.samples.ids.tolist()):
+        counterexample = None
+        if outcomes.counterexample_class[i] >= 0:
+            counterexample = {
+                "t": [float(v) for v in outcomes.counterexample_t[i]],
+                "predicted_class": int(outcomes.counterexample_class[i]),
+                "margin": float(outcomes.counterexample_margin[i]),
+            }
+        samples.append(
+            {
+                "id": sample_id,
+                "label": int(result.samples.labels[i]),
+                "target": int(result.targets[i]),
+                "verdict": str(outcomes.verdicts[i]),
+                "decided_by": str(outcomes.decided_by[i]) or None,
+                "margin_lower_bound": _number(outcomes.margin_lower_bounds[i]),
+                "counterexample": counterexample,
+            }
+        )
+    payload: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "auditai.certificate",
+        "unit_test": test.spec.model_dump(mode="json"),
+        "direction": {"name": test.direction.name, "kind": test.direction.kind, "units": test.direction.units, "calibration": test.direction.calibration},
+        "latent_interval": {"low": test.t_low, "high": test.t_high},
+        "methods": sorted(set(outcomes.decided_by.tolist()) - {""}),
+        "auto_lirpa_patches": list(applied_patches()),
+        "samples": samples,
+        "aggregates": {
+            "samples": len(samples),
+            "certified_accuracy": result.certified_accuracy,
+            "falsified_fraction": result.falsified_fraction,
+            "unknown_fraction": result.unknown_fraction,
+            "clean_accuracy": result.clean_accuracy,
+            "seconds": result.seconds,
+        },
+        "threshold": test.spec.threshold,
+        "verdict": result.verdict,
+        "hashes": {**model_hashes, "direction_sha256": test.direction.sha256, "sample_ids_sha256": sha256_bytes(canonical_json(result.samples.ids.tolist()))},
+        "versions": software_versions(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    payload["content_sha256"] = content_hash(payload)
+    return payload
+
+
+def content_hash(payload: dict[str, Any]) -> str:
+    """sha256 over the canonical JSON of every field except `content_sha256` itself."""
+    return sha256_bytes(canonical_json({k: v for k, v in payload.items() if k != "content_sha256"}))
+
+
+def write_certificate(result: UnitTestResult, model_hashes: dict[str, str], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    payload = certificate_payload(result, model_hashes)
+    path = Path(out_dir) / CERTIFICATES_DIR / f"{result.test.spec.name}.json"
+    write_json(path, payload)
+    return path, payload

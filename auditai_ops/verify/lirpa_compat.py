@@ -1,0 +1,529 @@
+"""Run PyPI's auto_LiRPA 0.3 under torch 2.13, and wrap the few calls the verifier needs.
+
+auto_LiRPA 0.3 was written for torch 1.12. This module patches it at runtime (never by
+copying its source) and only where the installed torch / auto_LiRPA needs it, so that a
+newer auto_LiRPA installed from source is left untouched. `applied_patches()` lists what
+was done, for the certificate log.
+
+Bound methods (all sound: every output of the network on the box lies within the bounds):
+
+* IBP: interval arithmetic layer by layer.
+* CROWN: every output is bounded by a linear function of the input, obtained by back-
+  substituting linear relaxations of the activations; the box is then concretised.
+* CROWN-IBP: CROWN for the last layer, IBP for the intermediate (pre-activation) bounds.
+* alpha-CROWN: CROWN whose lower relaxation slopes (alpha) of the activations are
+  optimised by gradient ascent on the bound. Here the intermediate bounds are fixed to
+  CROWN's and only the slopes used for the final specification are optimised (0.3 would
+  re-optimise every intermediate layer: about 10x the time and memory for nearly the
+  same width). Every slope in the feasible set gives a sound bound, so the result is
+  the elementwise maximum of the optimised and the CROWN bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib
+import inspect
+import logging
+import threading
+import types
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from auto_LiRPA import BoundedModule
+
+__all__ = [
+    "METHODS",
+    "SUPPORTED_LAYERS",
+    "BoundMethod",
+    "UnsupportedLayerError",
+    "applied_patches",
+    "build_bounded_module",
+    "check_supported",
+    "compute_margin_lower_bounds",
+    "import_auto_lirpa",
+]
+
+BoundMethod = Literal["IBP", "CROWN", "CROWN-IBP", "alpha-CROWN"]
+METHODS: tuple[BoundMethod, ...] = ("IBP", "CROWN", "CROWN-IBP", "alpha-CROWN")
+
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.ConvTranspose2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Flatten,
+    nn.Identity,
+    nn.Sequential,
+    nn.ModuleList,
+)
+"""Layer types whose bounds are tested (tests/verify/test_layer_soundness.py).
+
+Besides these, a module may declare `auditai_reshape_only = True` (its forward only
+reshapes, e.g. `x.view(-1, C, H, W)`) or `auditai_container = True` (its forward only
+combines its children with additions and matrix products by constants); the children of
+either are checked in turn.
+"""
+
+_LOGGER = logging.getLogger(__name__)
+_LOCK = threading.Lock()
+_APPLIED: list[str] = []
+_AUTO_LIRPA: types.ModuleType | None = None
+# auto_LiRPA 0.3's sparse-features alpha leaves stale indices behind (an indentation bug in
+# BoundRelu.init_opt_parameters) whenever a ReLU layer has too many unstable neurons.
+_DISABLE_SPARSE_FEATURES_ALPHA = False
+
+
+class UnsupportedLayerError(ValueError):
+    """A model contains a layer that the verifier cannot bound (or not in this configuration)."""
+
+    def __init__(self, path: str, module: nn.Module, reason: str = "is not supported") -> None:
+        cls = type(module)
+        self.path = path
+        self.layer_type = f"{cls.__module__}.{cls.__qualname__}"
+        supported = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
+        super().__init__(
+            f"layer '{path}' ({self.layer_type}) {reason}. Supported layers: {supported}; "
+            "plus modules that declare auditai_reshape_only = True or auditai_container = True."
+        )
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise UnsupportedLayerError for the first module that bound propagation cannot handle."""
+    for path, module in model.named_modules():
+        where = path or "<root>"
+        flagged = getattr(module, "auditai_reshape_only", False) is True or (
+            getattr(module, "auditai_container", False) is True
+        )
+        if not flagged and type(module) not in SUPPORTED_LAYERS:
+            raise UnsupportedLayerError(where, module)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise UnsupportedLayerError(
+                where, module, "is in training mode (batch statistics); call model.eval() first"
+            )
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.padding_mode != "zeros":
+            raise UnsupportedLayerError(where, module, f"uses padding_mode={module.padding_mode!r}")
+        if isinstance(module, nn.ConvTranspose2d):
+            _check_conv_transpose(where, module)
+
+
+def _check_conv_transpose(where: str, module: nn.ConvTranspose2d) -> None:
+    """auto_LiRPA 0.3 bounds only square-kernel, equal-stride, undilated, ungrouped ones."""
+    k, s, d = module.kernel_size, module.stride, module.dilation
+    if module.groups != 1 or tuple(d) != (1, 1) or s[0] != s[1] or k[0] != k[1]:
+        raise UnsupportedLayerError(
+            where,
+            module,
+            f"has kernel {k}, stride {s}, dilation {d}, groups {module.groups}; only square "
+            "kernels, equal strides, dilation 1 and groups 1 are supported",
+        )
+
+
+def applied_patches() -> tuple[str, ...]:
+    """Names of the compatibility patches applied so far (empty before `import_auto_lirpa`)."""
+    return tuple(_APPLIED)
+
+
+def import_auto_lirpa() -> types.ModuleType:
+    """Import auto_LiRPA quietly, applying the patches that this torch/auto_LiRPA pair needs.
+
+    Idempotent and thread-safe. The process's warning filters, root logging handlers and
+    stdout are left as they were; auto_LiRPA's own loggers are set to WARNING.
+    """
+    global _AUTO_LIRPA
+    with _LOCK:
+        if _AUTO_LIRPA is None:
+            _patch_onnx_opset_setter()
+            with _quiet_import():
+                module = _import_checking_numpy()
+            for name, logger in list(logging.root.manager.loggerDict.items()):
+                if name.split(".")[0] == "auto_LiRPA" and isinstance(logger, logging.Logger):
+                    logger.setLevel(logging.WARNING)
+            # Detected from signatures: these no-op where auto_LiRPA already fits torch.
+            _patch_named_members(module)
+            _patch_matmul_ibp_spec(module)
+            # Bugs in 0.3's code paths, not detectable from the outside.
+            version = str(getattr(module, "__version__", ""))
+            if version == "0.3" or version.startswith("0.3."):
+                _patch_node_attribute_access(module)
+                _patch_conv_transpose_padding(module)
+                _disable_sparse_features_alpha()
+            _AUTO_LIRPA = module
+        return _AUTO_LIRPA
+
+
+def _record(name: str) -> None:
+    if name not in _APPLIED:
+        _APPLIED.append(name)
+        _LOGGER.debug("auto_LiRPA compatibility patch applied: %s", name)
+
+
+def _patch_onnx_opset_setter() -> None:
+    """0.3 imports `torch.onnx.symbolic_helper._set_opset_version`, removed from torch 2.x."""
+    # By full name: `from torch.onnx import symbolic_helper` gives the torchscript exporter's
+    # module in torch 2.13, not the `torch.onnx.symbolic_helper` that 0.3 imports from.
+    symbolic_helper = importlib.import_module("torch.onnx.symbolic_helper")
+    if hasattr(symbolic_helper, "_set_opset_version"):
+        return
+    try:
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        from torch.onnx._globals import GLOBALS  # type: ignore[no-redef]  # torch 2.0 to 2.8
+
+    def _set_opset_version(opset_version: int) -> None:
+        GLOBALS.export_onnx_opset_version = opset_version
+
+    symbolic_helper._set_opset_version = _set_opset_version  # type: ignore[attr-defined]
+    _record("torch.onnx.symbolic_helper._set_opset_version")
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Iterator[None]:
+    """Undo auto_LiRPA's import side effects on the process.
+
+    0.3 calls `warnings.simplefilter('once')` and `logging.basicConfig(stream=sys.stdout)` at
+    import; warning filters and root handlers are restored afterwards. Its `torch.jit.script`
+    decorators are run with torch's deprecation warning silenced, or replaced by a
+    passthrough (plain eager functions) where torch no longer has `torch.jit.script`.
+    """
+    root = logging.getLogger()
+    root_handlers = list(root.handlers)
+    had_script = hasattr(torch.jit, "script")
+    original_script = getattr(torch.jit, "script", None)
+
+    def script_quietly(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if original_script is None:
+            return obj
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
+            return original_script(obj, *args, **kwargs)
+
+    if not had_script:
+        _record("torch.jit.script passthrough")
+    torch.jit.script = script_quietly  # type: ignore[assignment]
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        if had_script:
+            torch.jit.script = original_script  # type: ignore[assignment]
+        else:
+            del torch.jit.script
+        for handler in list(root.handlers):
+            if handler not in root_handlers:
+                root.removeHandler(handler)
+
+
+def _import_checking_numpy() -> types.ModuleType:
+    """Import auto_LiRPA, turning 0.3's NumPy 2 failure into an actionable message."""
+    try:
+        return importlib.import_module("auto_LiRPA")
+    except ImportError as exc:
+        if "arraysetops" not in str(exc):
+            raise
+        import numpy
+
+        raise ImportError(
+            "auto_LiRPA 0.3 imports numpy.lib.arraysetops, which NumPy 2 removed; "
+            f"install numpy<2 (found numpy {numpy.__version__})"
+        ) from exc
+
+
+class _NodeWithItems:
+    """A `torch._C.Node` view that reads attributes as `node[name]` (removed in torch 2.x)."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: torch._C.Node) -> None:
+        self._node = node
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self._node, self._node.kindOf(name))(name)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node, name)
+
+
+class _GraphWithItemNodes:
+    """A `torch._C.Graph` view whose `nodes()` are `_NodeWithItems`."""
+
+    __slots__ = ("_graph",)
+
+    def __init__(self, graph: torch._C.Graph) -> None:
+        self._graph = graph
+
+    def nodes(self) -> Iterator[_NodeWithItems]:
+        return (_NodeWithItems(node) for node in self._graph.nodes())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._graph, name)
+
+
+def _patch_node_attribute_access(module: types.ModuleType) -> None:
+    """0.3's graph parser reads ONNX node attributes as `node[k]`; torch 2.x dropped that."""
+    if hasattr(torch._C.Node, "__getitem__"):
+        return
+    parse_graph_module = importlib.import_module(f"{module.__name__}.parse_graph")
+    original = parse_graph_module.parse_graph
+
+    @functools.wraps(original)
+    def parse_graph(graph: torch._C.Graph, inputs: Any, params: Any) -> Any:
+        return original(_GraphWithItemNodes(graph), inputs, params)
+
+    parse_graph_module.parse_graph = parse_graph
+    _record("auto_LiRPA.parse_graph.parse_graph: node[k] attribute access")
+
+
+def _patch_named_members(module: types.ModuleType) -> None:
+    """torch 2.x passes `remove_duplicate` to `_named_members`; 0.3's override lacks it.
+
+    0.3's version always removes duplicates, which is also torch's default.
+    """
+    bounded_module = module.BoundedModule
+    if "remove_duplicate" in inspect.signature(bounded_module._named_members).parameters:
+        return
+    if "remove_duplicate" not in inspect.signature(nn.Module._named_members).parameters:
+        return
+    original = bounded_module._named_members
+
+    @functools.wraps(original)
+    def _named_members(
+        self: nn.Module,
+        get_members_fn: Any,
+        prefix: str = "",
+        recurse: bool = True,
+        remove_duplicate: bool = True,
+    ) -> Any:
+        return original(self, get_members_fn, prefix, recurse)
+
+    bounded_module._named_members = _named_members
+    _record("auto_LiRPA.BoundedModule._named_members: accept remove_duplicate")
+
+
+def _patch_conv_transpose_padding(module: types.ModuleType) -> None:
+    """Let 0.3's BoundConvTranspose take padding and output_padding in matrix mode.
+
+    0.3 asserts both are zero, yet its IBP (`F.conv_transpose2d` with them) and matrix-mode
+    backward (`F.conv2d(A, W, stride, padding)`, the adjoint of the transposed convolution
+    whatever its output_padding) already honour them. Patches mode does not, so there the
+    assertions stay. The constructor is run on zero paddings and the real ones set after.
+    """
+    convolution = importlib.import_module(f"{module.__name__}.operators.convolution")
+    bound_cls = convolution.BoundConvTranspose
+    original = bound_cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, attr: dict[str, Any], inputs: Any, output_index: int, options: Any) -> None:
+        if (options or {}).get("conv_mode", "matrix") != "matrix":
+            original(self, attr, inputs, output_index, options)
+            return
+        pads = list(attr["pads"])
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            raise NotImplementedError(f"asymmetric ConvTranspose padding {pads} is not supported")
+        output_padding = list(attr.get("output_padding", [0, 0]))
+        original(
+            self,
+            {**attr, "pads": [0] * len(pads), "output_padding": [0] * len(output_padding)},
+            inputs,
+            output_index,
+            options,
+        )
+        self.attr = attr
+        self.padding = [pads[0], pads[1]]
+        self.output_padding = output_padding
+
+    bound_cls.__init__ = __init__
+    _record("auto_LiRPA BoundConvTranspose: padding/output_padding in matrix mode")
+
+
+def _patch_matmul_ibp_spec(module: types.ModuleType) -> None:
+    """IBP merges the spec C into a final linear node: `interval_propagate(*v, C=C)`.
+
+    A bias-free nn.Linear traces to MatMul, whose 0.3 override drops the keyword
+    (TypeError). Its parent BoundLinear's version handles C (bounds of (C W) x + C b, the
+    exact interval of an affine map) and MatMul's weight layout (via transB), so forward to it.
+    """
+    linear = importlib.import_module(f"{module.__name__}.operators.linear")
+    matmul_cls = linear.BoundMatMul
+    if "C" in inspect.signature(matmul_cls.interval_propagate).parameters:
+        return
+
+    def interval_propagate(self: Any, *v: Any, C: torch.Tensor | None = None) -> Any:
+        return linear.BoundLinear.interval_propagate(self, *v, C=C)
+
+    matmul_cls.interval_propagate = interval_propagate
+    _record("auto_LiRPA BoundMatMul.interval_propagate: accept the spec C")
+
+
+def _disable_sparse_features_alpha() -> None:
+    global _DISABLE_SPARSE_FEATURES_ALPHA
+    _DISABLE_SPARSE_FEATURES_ALPHA = True
+    _record("bound_opts sparse_features_alpha=False")
+
+
+def build_bounded_module(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    device: str | torch.device = "cpu",
+) -> BoundedModule:
+    """Check `model`, then trace it into an auto_LiRPA BoundedModule (matrix conv mode).
+
+    Build once per model and reuse: the module serves other batch sizes than the example's
+    (tested from 8 up to 1024), and Sigmoid/Tanh layers precompute a tangent lookup table.
+    The module wraps a private copy of `model` in eval mode: auto_LiRPA would otherwise move
+    `model` to `device` and flip its parameters' `requires_grad` on every bound computation.
+    """
+    check_supported(model)
+    lirpa = import_auto_lirpa()
+    bound_opts: dict[str, Any] = {
+        # Patches mode crashes on decoder-like graphs and rejects padded ConvTranspose2d.
+        "conv_mode": "matrix",
+        # alpha-CROWN (see compute_margin_lower_bounds): intermediate bounds are passed in
+        # fixed, and alphas are created by us for the final specification only.
+        "optimize_bound_args": {"fix_intermediate_layer_bounds": True, "init_alpha": False},
+    }
+    if _DISABLE_SPARSE_FEATURES_ALPHA:
+        bound_opts["sparse_features_alpha"] = False
+    inputs = tuple(t.to(device) for t in example_inputs)
+    private = copy.deepcopy(model)
+    bounded = lirpa.BoundedModule(private, inputs, bound_opts=bound_opts, device=device)
+    # Eval: BoundParams.forward sets requires_grad to the mode, so no weight gradients are
+    # computed during alpha-CROWN; a train() call would also switch BatchNorm to batch statistics.
+    bounded.eval()
+    _check_trace(bounded, private, inputs)
+    return bounded
+
+
+def _check_trace(bounded: BoundedModule, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    """The traced graph must reproduce `model` at the example batch size and at another one.
+
+    Tracing records `x.size(0)` as a constant, so `x.view(x.size(0), ...)` would pin the
+    batch size; `x.view(-1, ...)` and nn.Flatten do not.
+    """
+    batch = inputs[0].shape[0]
+    other = tuple(torch.cat([t, t[:1]]) for t in inputs)
+    with torch.no_grad():
+        for args in (inputs, other):
+            expected = model(*args)
+            try:
+                got = bounded(*args)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"the traced model fails at batch size {args[0].shape[0]} (built at {batch}); "
+                    "reshape with -1 as the batch dimension, e.g. x.view(-1, C, H, W), not "
+                    f"x.view(x.size(0), ...): {exc}"
+                ) from exc
+            if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+                raise ValueError(
+                    f"the traced model differs from the model at batch size {args[0].shape[0]} "
+                    f"(max abs difference {(got - expected).abs().max().item():.3g}); its forward "
+                    "may depend on the input values or batch size"
+                )
+
+
+def compute_margin_lower_bounds(
+    bounded: BoundedModule,
+    inputs: tuple[torch.Tensor, ...],
+    x_lower: torch.Tensor,
+    x_upper: torch.Tensor,
+    C: torch.Tensor,
+    method: BoundMethod,
+    *,
+    alpha_iterations: int = 20,
+) -> torch.Tensor:
+    """Lower bounds of `C @ f(x, *inputs[1:])` over the box `x_lower <= x <= x_upper`.
+
+    `inputs[0]` is a point of the box (used only for the forward pass), the other inputs are
+    fixed. `C` has shape [B, S, n_out]; the result has shape [B, S]. For an upper bound of
+    row c, ask for the lower bound of -c.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if alpha_iterations < 0:
+        raise ValueError(f"alpha_iterations must be >= 0, got {alpha_iterations}")
+    x0 = inputs[0]
+    if x_lower.shape != x0.shape or x_upper.shape != x0.shape:
+        raise ValueError(
+            f"box shapes {tuple(x_lower.shape)}/{tuple(x_upper.shape)} differ from the "
+            f"perturbed input's {tuple(x0.shape)}"
+        )
+    if bool((x_lower > x_upper).any()):
+        raise ValueError("x_lower must be <= x_upper elementwise")
+    if C.dim() != 3 or C.shape[0] != x0.shape[0]:
+        raise ValueError(f"C must have shape [B={x0.shape[0]}, S, n_out], got {tuple(C.shape)}")
+    lirpa = import_auto_lirpa()
+    ptb = lirpa.PerturbationLpNorm(norm=float("inf"), x_L=x_lower, x_U=x_upper)
+    args = (lirpa.BoundedTensor(x0, ptb), *inputs[1:])
+    if method == "alpha-CROWN":
+        return _alpha_crown_lower(bounded, args, C, alpha_iterations)
+    with torch.no_grad():
+        if method == "IBP":
+            lower, _ = bounded.compute_bounds(x=args, C=C, method="IBP")
+        else:
+            lower, _ = bounded.compute_bounds(x=args, C=C, method=method, bound_upper=False)
+    return lower.detach()
+
+
+def _alpha_crown_lower(
+    bounded: BoundedModule, args: tuple[torch.Tensor, ...], C: torch.Tensor, iterations: int
+) -> torch.Tensor:
+    """alpha-CROWN with CROWN's intermediate bounds fixed; only final-spec slopes optimised.
+
+    The CROWN pass runs in auto_LiRPA's 'init' stage, which records the relaxation that the
+    slopes start from (so iteration 0 reproduces CROWN). Alphas are then created for the
+    final node only: 0.3 would create them for every intermediate layer too, which costs
+    memory and breaks for Sigmoid/Tanh after a convolution (a torch.Size used as an int).
+    """
+    activations = list(bounded.optimizable_activations)
+    for node in activations:
+        node.opt_init()
+    try:
+        with torch.no_grad():
+            crown, _ = bounded.compute_bounds(x=args, C=C, method="backward", bound_upper=False)
+        crown = crown.detach()
+        used = [n for n in activations if n.used and n.perturbed]
+        if not used or iterations == 0:
+            return crown
+        final_name = bounded.final_name
+        roots = set(bounded.root_name)
+        fixed = {
+            name: (node.lower.detach(), node.upper.detach())
+            for name, node in bounded._modules.items()
+            if name != final_name
+            and name not in roots
+            and node.perturbed
+            and getattr(node, "lower", None) is not None
+            and getattr(node, "upper", None) is not None
+        }
+        for node in used:
+            node.init_opt_parameters([(final_name, C.shape[1], None)])
+        bounded.set_bound_opts(
+            {"optimize_bound_args": {"iteration": iterations, "early_stop_patience": iterations}}
+        )
+        with torch.enable_grad(), warnings.catch_warnings():
+            # 0.3 steps its lr scheduler after the last, optimizer-free iteration.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            optimised, _ = bounded.compute_bounds(
+                x=args,
+                C=C,
+                method="CROWN-Optimized",
+                bound_upper=False,
+                intermediate_layer_bounds=fixed,
+            )
+        return torch.maximum(crown, optimised.detach())
+    finally:
+        for node in activations:
+            node.opt_end()

@@ -1,0 +1,105 @@
+"""The `verify` step: run every unit test, write certificates, `summary.json` and `junit.xml`."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from auditai_ops.classifier.head import CLASSIFIER_DIR, HEAD_FILE, load_head
+from auditai_ops.config import UnitTestConfig, VerifyConfig
+from auditai_ops.directions.discover import load_directions
+from auditai_ops.errors import AuditInputError
+from auditai_ops.fileio import sha256_state_dict, write_json, write_text
+from auditai_ops.latent.mapping import LATENT_DIR, LATENTS_FILE, VAE_FILE, load_vae
+from auditai_ops.progress import progress
+from auditai_ops.report.render import junit_xml
+from auditai_ops.verify.certificate import CERTIFICATES_DIR, write_certificate
+from auditai_ops.verify.engine import resolve_device
+from auditai_ops.verify.unit_tests import ERROR, FAIL, PASS, AuditSamples, ResolvedUnitTest, resolve_unit_tests, run_unit_test
+
+SUMMARY_FILE = "summary.json"
+JUNIT_FILE = "junit.xml"
+_LOGGER = logging.getLogger(__name__)
+
+
+def load_test_samples(out_dir: Path, seed: int) -> AuditSamples:
+    """The test split's latents, labels and ids, in a fixed pseudo-random order (seeded)."""
+    path = Path(out_dir) / LATENT_DIR / LATENTS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            ids, latents, labels = stored["test_ids"], stored["test_z"], stored["test_labels"]
+    except FileNotFoundError:
+        raise AuditInputError(f"latents '{path}': file not found (run `auditai map-latents` first)") from None
+    if not np.isfinite(latents).all():
+        raise AuditInputError(f"latents '{path}': test_z contains NaN or infinite values")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return AuditSamples(ids[order], latents[order], labels[order])
+
+
+def _row(test: ResolvedUnitTest) -> dict[str, Any]:
+    spec = test.spec
+    return {
+        "name": spec.name,
+        "direction": spec.direction,
+        "direction_units": test.direction.units,
+        "range": spec.range.model_dump(mode="json"),
+        "latent_interval": {"low": test.t_low, "high": test.t_high},
+        "property": spec.property,
+        "threshold": spec.threshold,
+    }
+
+
+def verify_audit(tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, out_dir: Path) -> dict[str, Any]:
+    """Prove or falsify every unit test; return the summary that was written to `summary.json`."""
+    out_dir = Path(out_dir)
+    if not tests:
+        raise AuditInputError("unit_tests: no unit tests are configured; add at least one under 'unit_tests'")
+    device = resolve_device(settings.device)
+    resolved = resolve_unit_tests(tests, load_directions(out_dir))
+    head, _ = load_head(out_dir / CLASSIFIER_DIR / HEAD_FILE)
+    vae, _ = load_vae(out_dir / LATENT_DIR / VAE_FILE)
+    head = head.to(device)
+    samples = load_test_samples(out_dir, settings.seed)
+    model_hashes = {
+        "head_sha256": sha256_state_dict(head.state_dict()),
+        "encoder_sha256": sha256_state_dict(vae.encoder.state_dict()),
+        "decoder_sha256": sha256_state_dict(vae.decoder.state_dict()),
+    }
+    rows = []
+    for test in progress(iterable=resolved, desc="verify unit tests", unit="test"):
+        row = _row(test)
+        try:
+            result = run_unit_test(test, head, samples, settings, device)
+            path, certificate = write_certificate(result, model_hashes, out_dir)
+        except Exception as error:  # one broken unit test must not hide the others' results
+            _LOGGER.exception("unit test '%s' could not run", test.spec.name)
+            rows.append({**row, "verdict": ERROR, "error": f"{type(error).__name__}: {error}", "samples": 0})
+            continue
+        aggregates = certificate["aggregates"]
+        rows.append(
+            {
+                **row,
+                **{key: aggregates[key] for key in ("samples", "certified_accuracy", "falsified_fraction", "unknown_fraction", "clean_accuracy", "seconds")},
+                "verdict": result.verdict,
+                "error": None,
+                "certificate": str(path.relative_to(out_dir)),
+                "certificate_sha256": certificate["content_sha256"],
+            }
+        )
+    verdicts = {row["verdict"] for row in rows}
+    summary = {
+        "schema_version": 1,
+        "kind": "auditai.summary",
+        "verdict": ERROR if ERROR in verdicts else FAIL if FAIL in verdicts else PASS,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "models": model_hashes,
+        "certificates_dir": CERTIFICATES_DIR,
+        "unit_tests": rows,
+    }
+    write_json(out_dir / SUMMARY_FILE, summary)
+    write_text(out_dir / JUNIT_FILE, junit_xml(summary))
+    return summary

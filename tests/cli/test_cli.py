@@ -1,0 +1,134 @@
+"""The CLI end to end on a small config, and its exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from auditai_ops.cli.main import main
+from auditai_ops.classifier.head import load_head
+from auditai_ops.fileio import canonical_json, sha256_bytes
+from auditai_ops.verify.certificate import content_hash
+
+HERE = Path(__file__).parent
+
+
+def test_small_run_writes_every_artifact(small_run: Path) -> None:
+    for relative in (
+        "latent/vae.safetensors",
+        "latent/vae.json",
+        "latent/latents.npz",
+        "latent/reconstructions.png",
+        "directions/directions.json",
+        "directions/directions.npz",
+        "classifier/head.safetensors",
+        "summary.json",
+        "junit.xml",
+    ):
+        assert (small_run / relative).is_file(), relative
+    summary = json.loads((small_run / "summary.json").read_text())
+    assert summary["verdict"] == "pass"
+    names = [t["name"] for t in summary["unit_tests"]]
+    assert names == ["slant_small", "thickness_small", "pca1_small"]
+    for name in names:
+        assert (small_run / "certificates" / f"{name}.json").is_file()
+    assert not list(small_run.rglob("*.tmp")), "no temporary files are left behind"
+
+
+def test_certificate_contents_and_hashes(small_run: Path) -> None:
+    certificate = json.loads((small_run / "certificates" / "slant_small.json").read_text())
+    assert certificate["schema_version"] == 1
+    assert certificate["unit_test"]["range"] == {"low": -2.0, "high": 2.0, "units": "attribute"}
+    calibration = certificate["direction"]["calibration"]
+    assert certificate["latent_interval"]["low"] == pytest.approx(-2.0 / calibration)
+    assert certificate["content_sha256"] == content_hash(certificate)
+    samples = certificate["samples"]
+    assert len(samples) == certificate["aggregates"]["samples"] == 200
+    ids = [s["id"] for s in samples]
+    assert certificate["hashes"]["sample_ids_sha256"] == sha256_bytes(canonical_json(ids))
+    verified = [s for s in samples if s["verdict"] == "verified"]
+    assert certificate["aggregates"]["certified_accuracy"] == pytest.approx(len(verified) / len(samples))
+    assert all(s["margin_lower_bound"] > 0 for s in verified)
+    assert all(s["counterexample"] is not None for s in samples if s["verdict"] == "falsified")
+    head, record = load_head(small_run / "classifier" / "head.safetensors")
+    assert certificate["hashes"]["head_sha256"] == record["weights_sha256"]
+    assert set(certificate["versions"]) >= {"torch", "auto_LiRPA", "auditai-ops"}
+
+
+def test_verified_samples_survive_dense_sampling(small_run: Path) -> None:
+    """1,000 evenly spaced t across the verified interval never flip a verified prediction."""
+    head, _ = load_head(small_run / "classifier" / "head.safetensors")
+    with np.load(small_run / "latent" / "latents.npz") as stored:
+        index = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}
+        latents = stored["test_z"]
+    directions = np.load(small_run / "directions" / "directions.npz")
+    for certificate_path in (small_run / "certificates").glob("*.json"):
+        certificate = json.loads(certificate_path.read_text())
+        direction = torch.from_numpy(directions[certificate["direction"]["name"]])
+        interval = certificate["latent_interval"]
+        ts = torch.linspace(interval["low"], interval["high"], 1000)
+        verified = [s for s in certificate["samples"] if s["verdict"] == "verified"]
+        z = torch.from_numpy(latents[[index[s["id"]] for s in verified]])
+        with torch.no_grad():
+            predictions = head(z[:, None, :] + ts[None, :, None] * direction).argmax(dim=-1)
+        targets = torch.tensor([s["target"] for s in verified])
+        assert bool((predictions == targets[:, None]).all()), certificate_path.name
+
+
+def test_junit_and_failing_spec_exit_code_1(small_run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(
+        (HERE / "small.yaml").read_text().split("unit_tests:")[0]
+        + "unit_tests:\n"
+        "  - {name: slant_ok, direction: slant, range: {low: -1, high: 1}, threshold: 0.3}\n"
+        "  - {name: slant_too_wide, direction: slant, range: {low: -60, high: 60}, threshold: 0.99}\n"
+    )
+    assert main(["verify", "--config", str(failing), "--out", str(small_run_copy)]) == 1
+    printed = capsys.readouterr().out
+    assert "slant_too_wide" in printed and "FAIL" in printed
+    suite = ET.parse(small_run_copy / "junit.xml").getroot()
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert suite.get("failures") == "1" and suite.get("tests") == "2"
+    assert cases["slant_too_wide"].find("failure") is not None
+    assert cases["slant_ok"].find("failure") is None
+    properties = {p.get("name"): p.get("value") for p in cases["slant_too_wide"].iter("property")}
+    assert float(properties["certified_accuracy"]) < 0.99
+
+
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        ("latent:\n  epocs: 2\n", "latent.epocs: unknown field (did you mean 'epochs'?)"),
+        ("unit_tests:\n  - {name: a, direction: curvature, range: {low: -1, high: 1}}\n", "unit_tests[0] ('a').direction: unknown direction 'curvature'"),
+        ("unit_tests:\n  - {name: a, direction: pca1, range: {low: -1, high: 1}}\n", "has no attribute calibration"),
+        ("unit_tests: []\n", "no unit tests are configured"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(small_run_copy: Path, tmp_path: Path, config_text: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(config_text)
+    result = subprocess.run(
+        [sys.executable, "-m", "auditai_ops", "verify", "--config", str(config), "--out", str(small_run_copy)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_earlier_step_is_bad_input(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "auditai_ops", "train-classifier", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "run `auditai map-latents` first" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tampered_model_file_is_bad_input(small_run_copy: Path) -> None:
+    head = small_run_copy / "classifier" / "head.safetensors"
+    head.write_bytes(head.read_bytes()[:100])
+    result = subprocess.run([sys.executable, "-m", "auditai_ops", "verify", "--config", str(HERE / "small.yaml"), "--out", str(small_run_copy)], capture_output=True, text=True)
+    assert result.returncode == 2 and "head.safetensors" in result.stderr and "Traceback" not in result.stderr

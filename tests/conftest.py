@@ -1,0 +1,37 @@
+"""Shared fixtures: an isolated attribute cache, and one small end-to-end audit run reused by tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+SMALL_CONFIG = Path(__file__).parent / "cli" / "small.yaml"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Attribute measurements are cached per session, never in the user's home."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUDITAI_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`auditai run tests/cli/small.yaml` once per session; tests copy or read its outputs."""
+    from auditai_ops.cli.main import main
+
+    out = tmp_path_factory.mktemp("small_run")
+    assert main(["run", str(SMALL_CONFIG), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def small_run_copy(small_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the small run that a test may modify."""
+    target = tmp_path / "run"
+    shutil.copytree(small_run, target)
+    return target
