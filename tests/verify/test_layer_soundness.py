@@ -149,7 +149,8 @@ def output_bounds(
 def box_samples(lower: torch.Tensor, upper: torch.Tensor, n: int) -> torch.Tensor:
     """[n, B, d]: all 2^d corners of each box (d <= 10), then uniform samples."""
     d = lower.shape[1]
-    corners = torch.tensor(list(itertools.product((0.0, 1.0), repeat=d))) if d <= 10 else torch.zeros(0, d)
+    corners = torch.tensor(list(itertools.product((0.0, 1.0), repeat=d)) if d <= 10 else [])
+    corners = corners.reshape(-1, d)
     u = torch.cat([corners, torch.rand(n - len(corners), d)])
     return lower + u[:, None, :] * (upper - lower)
 
@@ -187,8 +188,12 @@ def test_sampled_outputs_lie_within_bounds(
     assert_contains(ys, lb, ub, f"{case} / {method}")
 
 
-@pytest.mark.parametrize("case", ["ReLU", "Conv2d", pytest.param("Tanh-after-conv", marks=pytest.mark.slow)])
-def test_alpha_crown_is_at_least_crown(built: dict[str, tuple[nn.Module, nn.Module]], case: str) -> None:
+@pytest.mark.parametrize(
+    "case", ["ReLU", "Conv2d", pytest.param("Tanh-after-conv", marks=pytest.mark.slow)]
+)
+def test_alpha_crown_is_at_least_crown(
+    built: dict[str, tuple[nn.Module, nn.Module]], case: str
+) -> None:
     _, bounded = _get(built, case)
     center = torch.randn(BOXES, 3, generator=torch.Generator().manual_seed(1))
     lower, upper = center - 0.4, center + 0.4
@@ -214,7 +219,9 @@ class LatentShiftClassifier(nn.Module):
 @pytest.fixture(scope="module")
 def latent_shift() -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(7)
-    head = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 10))
+    head = nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 10)
+    )
     model = LatentShiftClassifier(torch.randn(1, 16), head).eval()
     return model, build_bounded_module(model, (torch.zeros(8, 1), torch.zeros(8, 16)))
 
@@ -236,7 +243,8 @@ def test_only_first_input_perturbed_at_larger_batch(
     C = torch.stack([(eye[y] - eye)[torch.arange(10) != y] for y in labels.tolist()])  # [B, 9, 10]
     lb = compute_margin_lower_bounds(bounded, (t0, z), lower, upper, C, method)
     assert lb.shape == (batch, 9)
-    ts = lower + torch.linspace(0.0, 1.0, n_t)[:, None, None] * (upper - lower)  # [n_t, B, 1], ends included
+    # [n_t, B, 1], both ends of every interval included.
+    ts = lower + torch.linspace(0.0, 1.0, n_t)[:, None, None] * (upper - lower)
     with torch.no_grad():
         logits = model(ts.reshape(-1, 1), z.repeat(n_t, 1)).reshape(n_t, batch, 10)
     margins = torch.einsum("bsn,kbn->kbs", C, logits)
