@@ -122,9 +122,19 @@ class VerifyConfig(_Section):
         return device
 
 
+class InputsConfig(_Section):
+    """Artifacts of earlier steps to read instead of those in the output folder (paths relative to the config)."""
+
+    vae: str | None = None
+    latents: str | None = None
+    directions: str | None = None
+    head: str | None = None
+
+
 class AuditConfig(_Section):
     """A whole audit: the pipeline steps' settings and the unit tests."""
 
+    inputs: InputsConfig = InputsConfig()
     data: DataConfig = DataConfig()
     latent: LatentConfig = LatentConfig()
     directions: DirectionsConfig = DirectionsConfig()

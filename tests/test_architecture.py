@@ -1,4 +1,4 @@
-"""The import contracts in .importlinter hold: no orchestrator imports, stages layered."""
+"""Architecture and hygiene: the import contracts in .importlinter hold, and ruff finds nothing."""
 
 import subprocess
 import sys
@@ -12,3 +12,9 @@ def test_import_contracts_are_kept() -> None:
     result = subprocess.run([str(lint_imports), "--config", str(ROOT / ".importlinter")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 kept, 0 broken" in result.stdout
+
+
+def test_ruff_lint_is_clean() -> None:
+    ruff = Path(sys.executable).parent / "ruff"
+    result = subprocess.run([str(ruff), "check", "auditai_ops", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

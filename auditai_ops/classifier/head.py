@@ -16,12 +16,9 @@ from torch import nn
 
 from auditai_ops.config import ClassifierConfig
 from auditai_ops.errors import AuditInputError
-from auditai_ops.latent.mapping import LATENT_DIR, LATENTS_FILE
+from auditai_ops.layout import CLASSIFIER_DIR, HEAD_FILE
 from auditai_ops.modelio import load_module, save_module
 from auditai_ops.progress import progress
-
-CLASSIFIER_DIR = "classifier"
-HEAD_FILE = "head.safetensors"
 
 
 def build_head(latent_dim: int, hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -67,9 +64,8 @@ def train_head(latents: np.ndarray, labels: np.ndarray, num_classes: int, settin
     return head
 
 
-def train_classifier(settings: ClassifierConfig, out_dir: Path) -> HeadArtifacts:
+def train_classifier(settings: ClassifierConfig, latents_path: Path, out_dir: Path) -> HeadArtifacts:
     """Train the head on `latents.npz` and save it with its architecture and accuracies."""
-    latents_path = Path(out_dir) / LATENT_DIR / LATENTS_FILE
     try:
         with np.load(latents_path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}

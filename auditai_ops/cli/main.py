@@ -11,12 +11,14 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from auditai_ops.config import AuditConfig, load_config
+from auditai_ops.config import AuditConfig, InputsConfig, load_config
 from auditai_ops.errors import AuditInputError
+from auditai_ops.layout import DIRECTIONS_JSON, StepInputs, resolve_inputs
 
 EXIT_OK, EXIT_SPEC_FAILED, EXIT_ERROR = 0, 1, 2
 DEFAULT_OUT = Path("auditai-out")
@@ -29,6 +31,11 @@ def _config_and_base(args: argparse.Namespace) -> tuple[AuditConfig, Path | None
         verify = config.verify.model_validate({**config.verify.model_dump(), "device": args.device})
         config = config.model_copy(update={"verify": verify})
     return config, (Path(path).resolve().parent if path else None)
+
+
+def _inputs(args: argparse.Namespace) -> tuple[AuditConfig, StepInputs]:
+    config, base = _config_and_base(args)
+    return config, resolve_inputs(args.out, config.inputs, base)
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -45,15 +52,17 @@ def cmd_map_latents(args: argparse.Namespace) -> int:
 
 
 def cmd_discover_directions(args: argparse.Namespace) -> int:
-    from auditai_ops.directions.discover import DIRECTIONS_DIR, DIRECTIONS_JSON, discover_directions
+    from auditai_ops.directions.discover import discover_directions
+    from auditai_ops.layout import DIRECTIONS_DIR
 
-    config, _ = _config_and_base(args)
-    directions = discover_directions(config.directions, args.out)
+    config, inputs = _inputs(args)
+    directions = discover_directions(config.directions, inputs.vae, inputs.latents, args.out)
     record = json.loads((Path(args.out) / DIRECTIONS_DIR / DIRECTIONS_JSON).read_text())["directions"]
     for name, direction in directions.items():
         effect = record[name]["effect"]
         if direction.calibration is not None:
-            print(f"{name:10s} {direction.calibration:8.3f} {direction.units}/latent unit  probe R2 {record[name]['probe']['r2_valid']:.3f}  monotonic {effect['monotonic']}  disentanglement {effect['disentanglement']:.2f}")
+            quality = f"probe R2 {record[name]['probe']['r2_valid']:.3f}  monotonic {effect['monotonic']}  disentanglement {effect['disentanglement']:.2f}"
+            print(f"{name:10s} {direction.calibration:8.3f} {direction.units}/latent unit  {quality}")
         else:
             print(f"{name:10s} explained variance {record[name]['explained_variance_ratio']:.3f}")
     return EXIT_OK
@@ -62,25 +71,25 @@ def cmd_discover_directions(args: argparse.Namespace) -> int:
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from auditai_ops.classifier.head import train_classifier
 
-    config, _ = _config_and_base(args)
-    artifacts = train_classifier(config.classifier, args.out)
+    config, inputs = _inputs(args)
+    artifacts = train_classifier(config.classifier, inputs.latents, args.out)
     _print_json({"head": artifacts.head_path, **artifacts.metrics})
     return EXIT_OK
 
 
-def _verify_and_report(config: AuditConfig, out: Path) -> int:
+def _verify_and_report(config: AuditConfig, inputs: StepInputs, out: Path) -> int:
     from auditai_ops.report.render import console_table
     from auditai_ops.verify.step import verify_audit
 
-    summary = verify_audit(config.unit_tests, config.verify, out)
+    summary = verify_audit(config.unit_tests, config.verify, inputs, out)
     print(console_table(summary))
     print(f"\ncertificates, summary.json and junit.xml are in {out}")
     return {"pass": EXIT_OK, "fail": EXIT_SPEC_FAILED}.get(summary["verdict"], EXIT_ERROR)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    config, _ = _config_and_base(args)
-    return _verify_and_report(config, args.out)
+    config, inputs = _inputs(args)
+    return _verify_and_report(config, inputs, args.out)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -92,16 +101,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, base = _config_and_base(args)
     if not config.unit_tests:
         raise AuditInputError("unit_tests: no unit tests are configured; add at least one under 'unit_tests'")
+    if config.inputs != InputsConfig():
+        raise AuditInputError("inputs: `auditai run` produces every artifact itself; give 'inputs' only to single steps")
+    inputs = resolve_inputs(args.out, config.inputs, base)
     steps: list[tuple[str, Callable[[], object]]] = [
         ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base)),
-        ("discover-directions", lambda: discover_directions(config.directions, args.out)),
-        ("train-classifier", lambda: train_classifier(config.classifier, args.out)),
+        ("discover-directions", lambda: discover_directions(config.directions, inputs.vae, inputs.latents, args.out)),
+        ("train-classifier", lambda: train_classifier(config.classifier, inputs.latents, args.out)),
     ]
     for name, step in steps:
         print(f"[auditai run] {name} ...", flush=True)
+        started = time.perf_counter()
         step()
+        print(f"[auditai run] {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     print("[auditai run] verify ...", flush=True)
-    return _verify_and_report(config, args.out)
+    return _verify_and_report(config, inputs, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,13 +25,11 @@ from auditai_ops.config import DirectionsConfig
 from auditai_ops.data.attributes import ATTRIBUTE_UNITS, measure_attributes
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_array, write_json, write_npz
-from auditai_ops.latent.mapping import LATENT_DIR, LATENTS_FILE, VAE_FILE, decode, load_vae
+from auditai_ops.latent.mapping import decode, load_vae
 from auditai_ops.latent.vae import Decoder
+from auditai_ops.layout import DIRECTIONS_DIR, DIRECTIONS_JSON, VECTORS_FILE
 from auditai_ops.report.images import save_grid_png
 
-DIRECTIONS_DIR = "directions"
-DIRECTIONS_JSON = "directions.json"
-VECTORS_FILE = "directions.npz"
 SCHEMA_VERSION = 1
 
 
@@ -97,12 +95,14 @@ def _effect_evidence(target: str | None, steps: np.ndarray, means: dict[str, np.
     return evidence
 
 
-def discover_directions(settings: DirectionsConfig, out_dir: Path) -> dict[str, Direction]:
+def discover_directions(settings: DirectionsConfig, vae_path: Path, latents_path: Path, out_dir: Path) -> dict[str, Direction]:
     """Fit, calibrate and document every direction; write `directions.json`, vectors and traversal strips."""
-    latent_folder = Path(out_dir) / LATENT_DIR
-    vae, _ = load_vae(latent_folder / VAE_FILE)
-    with np.load(latent_folder / LATENTS_FILE, allow_pickle=False) as stored:
-        arrays = {key: stored[key] for key in stored.files}
+    vae, _ = load_vae(vae_path)
+    try:
+        with np.load(latents_path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except FileNotFoundError:
+        raise AuditInputError(f"latents '{latents_path}': file not found (run `auditai map-latents` first)") from None
     train_z, valid_z = arrays["train_z"].astype(np.float64), arrays["valid_z"].astype(np.float64)
     unknown = [a for a in settings.attributes if f"train_attr_{a}" not in arrays]
     if unknown:
@@ -167,9 +167,9 @@ def discover_directions(settings: DirectionsConfig, out_dir: Path) -> dict[str, 
     return directions
 
 
-def load_directions(out_dir: Path) -> dict[str, Direction]:
-    """Read `directions.json` and the vectors written by `discover_directions`, checking their hashes."""
-    folder = Path(out_dir) / DIRECTIONS_DIR
+def load_directions(folder: Path) -> dict[str, Direction]:
+    """Read `directions.json` and the vectors written by `discover_directions` in `folder`, checking their hashes."""
+    folder = Path(folder)
     try:
         record = json.loads((folder / DIRECTIONS_JSON).read_text())
         with np.load(folder / VECTORS_FILE, allow_pickle=False) as stored:

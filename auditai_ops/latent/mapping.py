@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from auditai_ops.progress import progress as progress_bar
 
 from auditai_ops.config import DataConfig, LatentConfig
 from auditai_ops.data.cache import split_attributes
@@ -22,12 +21,10 @@ from auditai_ops.data.datasets import SPLITS, Dataset, load_dataset
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import write_npz
 from auditai_ops.latent.vae import VAE, Decoder, Encoder, VAEArchitecture, vae_loss
+from auditai_ops.layout import LATENT_DIR, LATENTS_FILE, RECONSTRUCTIONS_PNG, VAE_FILE
 from auditai_ops.modelio import load_module, save_module
+from auditai_ops.progress import progress as progress_bar
 from auditai_ops.report.images import save_grid_png
-
-LATENT_DIR = "latent"
-VAE_FILE = "vae.safetensors"
-LATENTS_FILE = "latents.npz"
 
 
 @dataclass(frozen=True)
@@ -112,11 +109,12 @@ def map_latents(data: DataConfig, settings: LatentConfig, out_dir: Path, base_di
     metrics["train_seconds"] = time.perf_counter() - started
     folder = Path(out_dir) / LATENT_DIR
     vae_path = folder / VAE_FILE
-    save_module(vae, vae_path, "vae", arch.as_dict(), {"dataset": dataset.name, "num_classes": dataset.num_classes, "training": settings.model_dump(mode="json"), "metrics": metrics})
+    record = {"dataset": dataset.name, "num_classes": dataset.num_classes, "training": settings.model_dump(mode="json"), "metrics": metrics}
+    save_module(vae, vae_path, "vae", arch.as_dict(), record)
 
     shown = test.images[:12]
     reconstructed = decode(vae.decoder, encode(vae.encoder, shown))
-    png = folder / "reconstructions.png"
+    png = folder / RECONSTRUCTIONS_PNG
     save_grid_png(np.stack([shown, reconstructed]), png)
 
     arrays: dict[str, np.ndarray] = {}

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from auditai_ops.fileio import canonical_json, sha256_bytes, write_json
+from auditai_ops.layout import CERTIFICATES_DIR
 from auditai_ops.verify.lirpa_compat import applied_patches
 from auditai_ops.verify.unit_tests import UnitTestResult
 
 SCHEMA_VERSION = 1
-CERTIFICATES_DIR = "certificates"
 
 
 def package_version(name: str) -> str:

@@ -9,26 +9,24 @@ from typing import Any
 
 import numpy as np
 
-from auditai_ops.classifier.head import CLASSIFIER_DIR, HEAD_FILE, load_head
+from auditai_ops.classifier.head import load_head
 from auditai_ops.config import UnitTestConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_state_dict, write_json, write_text
-from auditai_ops.latent.mapping import LATENT_DIR, LATENTS_FILE, VAE_FILE, load_vae
+from auditai_ops.latent.mapping import load_vae
+from auditai_ops.layout import CERTIFICATES_DIR, JUNIT_FILE, SUMMARY_FILE, StepInputs
 from auditai_ops.progress import progress
 from auditai_ops.report.render import junit_xml
-from auditai_ops.verify.certificate import CERTIFICATES_DIR, write_certificate
+from auditai_ops.verify.certificate import write_certificate
 from auditai_ops.verify.engine import resolve_device
 from auditai_ops.verify.unit_tests import ERROR, FAIL, PASS, AuditSamples, ResolvedUnitTest, resolve_unit_tests, run_unit_test
 
-SUMMARY_FILE = "summary.json"
-JUNIT_FILE = "junit.xml"
 _LOGGER = logging.getLogger(__name__)
 
 
-def load_test_samples(out_dir: Path, seed: int) -> AuditSamples:
-    """The test split's latents, labels and ids, in a fixed pseudo-random order (seeded)."""
-    path = Path(out_dir) / LATENT_DIR / LATENTS_FILE
+def load_test_samples(path: Path, seed: int) -> AuditSamples:
+    """The test split's latents, labels and ids from `latents.npz`, in a fixed pseudo-random order (seeded)."""
     try:
         with np.load(path, allow_pickle=False) as stored:
             ids, latents, labels = stored["test_ids"], stored["test_z"], stored["test_labels"]
@@ -53,17 +51,17 @@ def _row(test: ResolvedUnitTest) -> dict[str, Any]:
     }
 
 
-def verify_audit(tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, out_dir: Path) -> dict[str, Any]:
-    """Prove or falsify every unit test; return the summary that was written to `summary.json`."""
+def verify_audit(tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, inputs: StepInputs, out_dir: Path) -> dict[str, Any]:
+    """Prove or falsify every unit test; write certificates, `summary.json` and `junit.xml` to `out_dir`."""
     out_dir = Path(out_dir)
     if not tests:
         raise AuditInputError("unit_tests: no unit tests are configured; add at least one under 'unit_tests'")
     device = resolve_device(settings.device)
-    resolved = resolve_unit_tests(tests, load_directions(out_dir))
-    head, _ = load_head(out_dir / CLASSIFIER_DIR / HEAD_FILE)
-    vae, _ = load_vae(out_dir / LATENT_DIR / VAE_FILE)
+    resolved = resolve_unit_tests(tests, load_directions(inputs.directions))
+    head, _ = load_head(inputs.head)
+    vae, _ = load_vae(inputs.vae)
     head = head.to(device)
-    samples = load_test_samples(out_dir, settings.seed)
+    samples = load_test_samples(inputs.latents, settings.seed)
     model_hashes = {
         "head_sha256": sha256_state_dict(head.state_dict()),
         "encoder_sha256": sha256_state_dict(vae.encoder.state_dict()),

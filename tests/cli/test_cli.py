@@ -8,14 +8,15 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from auditai_ops.cli.main import main
 from auditai_ops.classifier.head import load_head
+from auditai_ops.cli.main import main
+from auditai_ops.config import InputsConfig
 from auditai_ops.fileio import canonical_json, sha256_bytes
+from auditai_ops.layout import resolve_inputs
 from auditai_ops.verify.certificate import content_hash
+from auditai_ops.verify.resample import resample_certificates
 
 HERE = Path(__file__).parent
 
@@ -64,22 +65,10 @@ def test_certificate_contents_and_hashes(small_run: Path) -> None:
 
 def test_verified_samples_survive_dense_sampling(small_run: Path) -> None:
     """1,000 evenly spaced t across the verified interval never flip a verified prediction."""
-    head, _ = load_head(small_run / "classifier" / "head.safetensors")
-    with np.load(small_run / "latent" / "latents.npz") as stored:
-        index = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}
-        latents = stored["test_z"]
-    directions = np.load(small_run / "directions" / "directions.npz")
-    for certificate_path in (small_run / "certificates").glob("*.json"):
-        certificate = json.loads(certificate_path.read_text())
-        direction = torch.from_numpy(directions[certificate["direction"]["name"]])
-        interval = certificate["latent_interval"]
-        ts = torch.linspace(interval["low"], interval["high"], 1000)
-        verified = [s for s in certificate["samples"] if s["verdict"] == "verified"]
-        z = torch.from_numpy(latents[[index[s["id"]] for s in verified]])
-        with torch.no_grad():
-            predictions = head(z[:, None, :] + ts[None, :, None] * direction).argmax(dim=-1)
-        targets = torch.tensor([s["target"] for s in verified])
-        assert bool((predictions == targets[:, None]).all()), certificate_path.name
+    results = resample_certificates(small_run, resolve_inputs(small_run, InputsConfig()), points=1000)
+    assert len(results) == 3
+    assert sum(r.verified_samples for r in results) > 300
+    assert [r.contradicted_samples for r in results] == [0, 0, 0]
 
 
 def test_junit_and_failing_spec_exit_code_1(small_run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,3 +121,35 @@ def test_tampered_model_file_is_bad_input(small_run_copy: Path) -> None:
     head.write_bytes(head.read_bytes()[:100])
     result = subprocess.run([sys.executable, "-m", "auditai_ops", "verify", "--config", str(HERE / "small.yaml"), "--out", str(small_run_copy)], capture_output=True, text=True)
     assert result.returncode == 2 and "head.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dense_resampling_catches_a_false_verified_claim(small_run_copy: Path) -> None:
+    """The cross-check is not vacuous: a falsified sample relabelled 'verified' is caught."""
+    path = small_run_copy / "certificates" / "slant_small.json"
+    certificate = json.loads(path.read_text())
+    falsified = [s for s in certificate["samples"] if s["verdict"] == "falsified"]
+    assert falsified, "the small run has falsified samples to plant"
+    falsified[0]["verdict"] = "verified"
+    path.write_text(json.dumps(certificate))
+    by_name = {r.certificate: r for r in resample_certificates(small_run_copy, resolve_inputs(small_run_copy, InputsConfig()))}
+    assert by_name["slant_small.json"].contradicted_samples == 1
+
+
+def test_a_step_reads_inputs_from_paths_in_the_config(small_run: Path, tmp_path: Path) -> None:
+    """`inputs` points a step at another run's artifacts; outputs go to --out only."""
+    config = tmp_path / "config" / "verify.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "inputs:\n"
+        f"  vae: {small_run / 'latent' / 'vae.safetensors'}\n"
+        f"  latents: {small_run / 'latent' / 'latents.npz'}\n"
+        f"  directions: {small_run / 'directions'}\n"
+        f"  head: {small_run / 'classifier' / 'head.safetensors'}\n"
+        "verify: {samples: 50}\n"
+        "unit_tests:\n  - {name: slant_tiny, direction: slant, range: {low: -0.5, high: 0.5}, threshold: 0.1}\n"
+    )
+    out = tmp_path / "elsewhere"
+    assert main(["verify", "--config", str(config), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["certificates", "junit.xml", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["unit_tests"][0]["samples"] == 50

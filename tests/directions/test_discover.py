@@ -55,7 +55,7 @@ def test_measured_calibration_on_a_synthetic_generator() -> None:
 
 
 def test_discovered_directions_on_the_small_run(small_run: Path) -> None:
-    directions = load_directions(small_run)
+    directions = load_directions(small_run / "directions")
     record = json.loads((small_run / "directions" / "directions.json").read_text())["directions"]
     assert {"slant", "thickness", "width", "height", "pca1", "pca2"} <= set(directions)
     for name in ("slant", "thickness", "width", "height"):

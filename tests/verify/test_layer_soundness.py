@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
+from auditai_ops.latent.vae import ViewAs
 from auditai_ops.verify.lirpa_compat import (
     METHODS,
     BoundMethod,
@@ -25,28 +26,6 @@ from auditai_ops.verify.lirpa_compat import (
 TOL = 1e-5
 SAMPLES = 1000
 BOXES = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These nets are tiny: one thread is as fast, and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class View(nn.Module):
-    """The project's reshape-only decoder step: x.view(-1, C, H, W)."""
-
-    auditai_reshape_only = True
-
-    def __init__(self, *shape: int) -> None:
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(-1, *self.shape)
 
 
 def _random_bn(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Module:
@@ -67,7 +46,7 @@ def _conv(act: Callable[[], nn.Module]) -> nn.Module:
     return nn.Sequential(
         nn.Linear(3, 2 * 4 * 4),
         act(),
-        View(2, 4, 4),
+        ViewAs((2, 4, 4)),
         nn.Conv2d(2, 3, 3, padding=1),
         act(),
         nn.Flatten(),
@@ -81,7 +60,7 @@ CASES: dict[str, Callable[[], nn.Module]] = {
     "ConvTranspose2d": lambda: nn.Sequential(
         nn.Linear(3, 2 * 3 * 3),
         nn.ReLU(),
-        View(2, 3, 3),
+        ViewAs((2, 3, 3)),
         nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),  # -> 6x6
         nn.ReLU(),
         nn.Conv2d(3, 2, 3, stride=2),  # -> 2x2
@@ -93,7 +72,7 @@ CASES: dict[str, Callable[[], nn.Module]] = {
     ),
     "BatchNorm2d": lambda: nn.Sequential(
         nn.Linear(3, 2 * 4 * 4),
-        View(2, 4, 4),
+        ViewAs((2, 4, 4)),
         nn.Conv2d(2, 3, 3),
         _random_bn(nn.BatchNorm2d(3)),
         nn.ReLU(),
@@ -107,11 +86,11 @@ CASES: dict[str, Callable[[], nn.Module]] = {
     "Sigmoid-after-conv": lambda: _conv(nn.Sigmoid),
     "Tanh-after-conv": lambda: _conv(nn.Tanh),
     "Flatten": lambda: nn.Sequential(
-        nn.Linear(3, 12), View(3, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)
+        nn.Linear(3, 12), ViewAs((3, 2, 2)), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4)
     ),
     "Identity": lambda: nn.Sequential(nn.Linear(3, 8), nn.Identity(), nn.ReLU(), nn.Linear(8, 4)),
     "view(-1,C,H,W)": lambda: nn.Sequential(
-        nn.Linear(3, 8), nn.ReLU(), View(2, 2, 2), nn.Flatten(), nn.Linear(8, 4)
+        nn.Linear(3, 8), nn.ReLU(), ViewAs((2, 2, 2)), nn.Flatten(), nn.Linear(8, 4)
     ),
 }
 SLOW = {"Sigmoid", "Tanh", "Sigmoid-after-conv", "Tanh-after-conv"}  # lookup-table builds

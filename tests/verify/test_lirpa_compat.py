@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from auditai_ops.latent.vae import ViewAs
 from auditai_ops.verify.lirpa_compat import (
     METHODS,
     BoundMethod,
@@ -25,15 +25,6 @@ from auditai_ops.verify.lirpa_compat import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These nets are tiny: one thread is as fast, and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_python(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -52,17 +43,6 @@ def run_python(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
 def is_0_3() -> bool:
     version = import_auto_lirpa().__version__
     return version == "0.3" or version.startswith("0.3.")
-
-
-class View(nn.Module):
-    auditai_reshape_only = True
-
-    def __init__(self, *shape: int) -> None:
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(-1, *self.shape)
 
 
 def spec(batch: int, *rows: list[float]) -> torch.Tensor:
@@ -196,7 +176,7 @@ def test_supported_layers_and_flagged_modules_pass() -> None:
         nn.Sigmoid(),
         nn.Identity(),
         nn.Linear(8, 2 * 2 * 2),
-        View(2, 2, 2),
+        ViewAs((2, 2, 2)),
         nn.Conv2d(2, 2, 1),
         nn.BatchNorm2d(2),
         nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1, output_padding=1),
@@ -374,7 +354,7 @@ def test_crown_is_exact_on_an_affine_decoder_with_padded_conv_transpose() -> Non
     torch.manual_seed(3)
     model = nn.Sequential(
         nn.Linear(3, 2 * 3 * 3),
-        View(2, 3, 3),
+        ViewAs((2, 3, 3)),
         nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),  # -> 6x6
         nn.BatchNorm2d(3),
         nn.Conv2d(3, 2, 3, stride=2, padding=1),

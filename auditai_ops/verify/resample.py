@@ -1,0 +1,55 @@
+"""An empirical cross-check of certificates: dense sampling must never contradict a proof.
+
+For every verified sample of every certificate in an audit folder, evaluate the classifier at
+`points` evenly spaced t across the certified latent interval (endpoints included) and count
+the samples whose prediction ever leaves the target class. A sound verifier gives zero.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auditai_ops.classifier.head import load_head
+from auditai_ops.directions.discover import load_directions
+from auditai_ops.layout import CERTIFICATES_DIR, StepInputs
+from auditai_ops.verify.engine import VERIFIED
+
+
+@dataclass(frozen=True)
+class ResampleResult:
+    certificate: str
+    verified_samples: int
+    points: int
+    contradicted_samples: int
+
+
+@torch.no_grad()
+def resample_certificates(out_dir: Path, inputs: StepInputs, points: int = 1000, chunk: int = 64) -> list[ResampleResult]:
+    """Dense-sample every verified sample of every certificate under `out_dir/certificates`."""
+    out_dir = Path(out_dir)
+    head, _ = load_head(inputs.head)
+    directions = load_directions(inputs.directions)
+    with np.load(inputs.latents, allow_pickle=False) as stored:
+        row_of = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}
+        latents = torch.from_numpy(stored["test_z"].astype(np.float32))
+    results = []
+    for path in sorted((out_dir / CERTIFICATES_DIR).glob("*.json")):
+        certificate = json.loads(path.read_text())
+        direction = torch.from_numpy(directions[certificate["direction"]["name"]].vector)
+        interval = certificate["latent_interval"]
+        ts = torch.linspace(interval["low"], interval["high"], points)
+        verified = [s for s in certificate["samples"] if s["verdict"] == VERIFIED]
+        contradicted = 0
+        for start in range(0, len(verified), chunk):
+            batch = verified[start : start + chunk]
+            z = latents[[row_of[s["id"]] for s in batch]]
+            predictions = head(z[:, None, :] + ts[None, :, None] * direction).argmax(dim=-1)
+            targets = torch.tensor([s["target"] for s in batch])
+            contradicted += int((predictions != targets[:, None]).any(dim=1).sum())
+        results.append(ResampleResult(path.name, len(verified), points, contradicted))
+    return results
