@@ -96,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from auditai_ops.classifier.head import train_classifier
     from auditai_ops.directions.discover import discover_directions
     from auditai_ops.latent.mapping import map_latents
+    from auditai_ops.verify.engine import resolve_device
 
     args.config = args.config or args.config_file
     config, base = _config_and_base(args)
@@ -103,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise AuditInputError("unit_tests: no unit tests are configured; add at least one under 'unit_tests'")
     if config.inputs != InputsConfig():
         raise AuditInputError("inputs: `auditai run` produces every artifact itself; give 'inputs' only to single steps")
+    resolve_device(config.verify.device)  # fail before training, not after it
     inputs = resolve_inputs(args.out, config.inputs, base)
     steps: list[tuple[str, Callable[[], object]]] = [
         ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base)),

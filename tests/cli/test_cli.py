@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import torch
 
 from auditai_ops.classifier.head import load_head
 from auditai_ops.cli.main import main
@@ -153,3 +154,12 @@ def test_a_step_reads_inputs_from_paths_in_the_config(small_run: Path, tmp_path:
     assert sorted(p.name for p in out.iterdir()) == ["certificates", "junit.xml", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["unit_tests"][0]["samples"] == 50
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_run_on_cuda_without_cuda_fails_before_training(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "auditai_ops", "run", str(HERE / "small.yaml"), "--out", str(tmp_path), "--device", "cuda"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "verify.device: 'cuda'" in result.stderr
+    assert not (tmp_path / "latent").exists()
