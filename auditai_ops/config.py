@@ -86,24 +86,52 @@ class RangeConfig(_Section):
 
 
 class UnitTestConfig(_Section):
-    """One semantically aligned unit test: a direction, a range, a property and a threshold."""
+    """One semantically aligned unit test: one or more directions, their ranges, a property and a threshold.
+
+    With k directions (a list) the set is the k-dimensional box of their ranges (a list of
+    the same length). The threshold applies to the certified accuracy over the samples, or,
+    with `threshold_on: lower_confidence_bound`, to its one-sided Clopper-Pearson bound.
+    """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)]
-    direction: str
-    range: RangeConfig
+    direction: tuple[str, ...]
+    range: tuple[RangeConfig, ...]
     property: Literal["true_label", "clean_prediction"] = "true_label"
     threshold: Probability = 0.9
+    threshold_on: Literal["estimate", "lower_confidence_bound"] = "estimate"
     samples: PositiveInt | None = None
+
+    @field_validator("direction", "range", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        """A single direction (range) is a list of one."""
+        return value if isinstance(value, list | tuple) else (value,)
+
+    @model_validator(mode="after")
+    def _ranges_match_directions(self) -> UnitTestConfig:
+        if not 1 <= len(self.direction) <= 3:
+            raise ValueError(f"a unit test varies 1 to 3 directions, got {len(self.direction)}")
+        if len(self.range) != len(self.direction):
+            raise ValueError(f"{len(self.direction)} direction(s) need as many ranges, got {len(self.range)}")
+        if len(set(self.direction)) != len(self.direction):
+            raise ValueError(f"directions {list(self.direction)} repeat a direction")
+        return self
 
 
 class VerifyConfig(_Section):
-    """How unit tests are proved: bound methods in order, sample count, batching, device."""
+    """How unit tests are proved: bound methods in order, counterexample search, branch-and-bound budget, device."""
 
     methods: tuple[BoundMethod, ...] = ("IBP", "CROWN")
+    refine_method: BoundMethod | None = None
     samples: PositiveInt = 1000
     batch_size: PositiveInt = 1024
     falsify_grid: Annotated[int, Field(ge=2)] = 65
+    falsify_steps: Annotated[int, Field(ge=0)] = 20
+    falsify_restarts: PositiveInt = 4
+    max_pieces: PositiveInt = 64
+    seconds_per_test: Annotated[float, Field(gt=0.0)] = 300.0
     min_margin: NonNegativeFloat = 1e-5
+    confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     device: str = "cpu"
     seed: int = 0
 

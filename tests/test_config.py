@@ -27,13 +27,13 @@ def test_misspelt_field_is_named_with_a_suggestion() -> None:
 
 def test_mistyped_nested_field_is_named() -> None:
     message = _error({"unit_tests": [{"name": "a", "direction": "slant", "range": {"low": "wide", "high": 1}}]})
-    assert "unit_tests[0].range.low" in message and "valid number" in message and "'wide'" in message
+    assert "unit_tests[0].range[0].low" in message and "valid number" in message and "'wide'" in message
 
 
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ({"unit_tests": [{"name": "a", "direction": "s", "range": {"low": 2, "high": 1}}]}, "unit_tests[0].range: low (2.0) must be <= high (1.0)"),
+        ({"unit_tests": [{"name": "a", "direction": "s", "range": {"low": 2, "high": 1}}]}, "unit_tests[0].range[0]: low (2.0) must be <= high (1.0)"),
         ({"unit_tests": [{"name": "a", "direction": "s", "range": {"low": 0, "high": 1}, "threshold": 1.5}]}, "unit_tests[0].threshold"),
         ({"unit_tests": [{"name": "bad name/..", "direction": "s", "range": {"low": 0, "high": 1}}]}, "unit_tests[0].name"),
         ({"verify": {"device": "tpu"}}, "verify.device: expected 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
@@ -45,6 +45,15 @@ def test_mistyped_nested_field_is_named() -> None:
 )
 def test_bad_fields_are_named(raw: object, fragment: str) -> None:
     assert fragment in _error(raw)
+
+
+def test_several_directions_need_as_many_ranges() -> None:
+    span = {"low": -1, "high": 1}
+    config = parse_config({"unit_tests": [{"name": "a", "direction": ["slant", "thickness"], "range": [span, span]}]})
+    assert config.unit_tests[0].direction == ("slant", "thickness") and len(config.unit_tests[0].range) == 2
+    assert "2 direction(s) need as many ranges, got 1" in _error({"unit_tests": [{"name": "a", "direction": ["slant", "thickness"], "range": span}]})
+    assert "repeat a direction" in _error({"unit_tests": [{"name": "a", "direction": ["slant", "slant"], "range": [span, span]}]})
+    assert "1 to 3 directions" in _error({"unit_tests": [{"name": "a", "direction": list("abcd"), "range": [span] * 4}]})
 
 
 def test_duplicate_unit_test_names_are_refused() -> None:

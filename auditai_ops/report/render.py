@@ -10,13 +10,16 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-FIGURES = ("certified_accuracy", "falsified_fraction", "unknown_fraction", "clean_accuracy", "threshold", "samples")
+FIGURES = ("certified_accuracy", "certified_accuracy_lower_bound", "falsified_fraction", "unknown_fraction", "clean_accuracy", "threshold", "samples")
 
 
 def _range_text(test: dict[str, Any]) -> str:
-    span = test["range"]
-    units = "latent" if span["units"] == "latent" else test.get("direction_units", span["units"])
-    return f"[{span['low']:g}, {span['high']:g}] {units}"
+    """Ranges as written, e.g. "[-5, 5] degrees" or "[-5, 5] degrees x [-0.5, 0.5] pixels"."""
+    texts = []
+    for span in test["ranges"]:
+        units = "latent" if span["units"] == "latent" else span["direction_units"]
+        texts.append(f"[{span['low']:g}, {span['high']:g}] {units}")
+    return " x ".join(texts)
 
 
 def junit_xml(summary: dict[str, Any]) -> str:
@@ -41,7 +44,9 @@ def junit_xml(summary: dict[str, Any]) -> str:
         if test.get("certificate"):
             ET.SubElement(properties, "property", name="certificate", value=test["certificate"])
         if test["verdict"] == "fail":
-            message = f"certified accuracy {test['certified_accuracy']:.4f} < threshold {test['threshold']:g}"
+            measured = "certified accuracy" if test["threshold_on"] == "estimate" else "certified accuracy lower confidence bound"
+            value = test["certified_accuracy"] if test["threshold_on"] == "estimate" else test["certified_accuracy_lower_bound"]
+            message = f"{measured} {value:.4f} < threshold {test['threshold']:g}"
             failure = ET.SubElement(case, "failure", message=message, type="SpecificationFailed")
             failure.text = f"{message}; falsified {test['falsified_fraction']:.4f}, unknown {test['unknown_fraction']:.4f} over {test['samples']} samples"
         elif test["verdict"] == "error":

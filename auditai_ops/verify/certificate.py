@@ -1,9 +1,11 @@
 """Certificates: one self-describing, content-hashed JSON record per unit test.
 
-A certificate states the spec as written and the latent interval actually verified, the
-methods, every sample's verdict and margin lower bound, the aggregates and verdict, the
-sha256 of every model's weights, of the direction vector and of the sample-id list, the
-software versions, and `content_sha256` = sha256 of the canonical JSON of all other fields.
+A certificate states the spec as written and the latent box actually verified, the
+verification settings and methods, every sample's verdict, margin lower bound, number of
+branch-and-bound pieces and counterexample, the aggregates (with a Clopper-Pearson lower
+confidence bound) and verdict, the sha256 of every model's weights, of the direction vectors
+and of the sample-id list, the software versions, and `content_sha256` = sha256 of the
+canonical JSON of all other fields. With a signing key, `signature` is an HMAC of that hash.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from auditai_ops.config import VerifyConfig
 from auditai_ops.fileio import canonical_json, sha256_bytes, write_json
 from auditai_ops.layout import CERTIFICATES_DIR
 from auditai_ops.verify.lirpa_compat import applied_patches
@@ -44,7 +47,7 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str]) -> dict[str, Any]:
+def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig) -> dict[str, Any]:
     """The certificate of one unit test, including its content hash."""
     test, outcomes = result.test, result.outcomes
     samples = []
@@ -64,6 +67,7 @@ def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str]) ->
                 "verdict": str(outcomes.verdicts[i]),
                 "decided_by": str(outcomes.decided_by[i]) or None,
                 "margin_lower_bound": _number(outcomes.margin_lower_bounds[i]),
+                "pieces": int(outcomes.pieces[i]),
                 "counterexample": counterexample,
             }
         )
@@ -71,14 +75,17 @@ def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str]) ->
         "schema_version": SCHEMA_VERSION,
         "kind": "auditai.certificate",
         "unit_test": test.spec.model_dump(mode="json"),
-        "direction": {"name": test.direction.name, "kind": test.direction.kind, "units": test.direction.units, "calibration": test.direction.calibration},
-        "latent_interval": {"low": test.t_low, "high": test.t_high},
+        "directions": [{"name": d.name, "kind": d.kind, "units": d.units, "calibration": d.calibration, "sha256": d.sha256} for d in test.directions],
+        "latent_box": {"low": test.t_low.tolist(), "high": test.t_high.tolist()},
+        "settings": settings.model_dump(mode="json"),
         "methods": sorted(set(outcomes.decided_by.tolist()) - {""}),
         "auto_lirpa_patches": list(applied_patches()),
         "samples": samples,
         "aggregates": {
             "samples": len(samples),
             "certified_accuracy": result.certified_accuracy,
+            "certified_accuracy_lower_bound": result.certified_accuracy_lower_bound,
+            "confidence": result.confidence,
             "falsified_fraction": result.falsified_fraction,
             "unknown_fraction": result.unknown_fraction,
             "clean_accuracy": result.clean_accuracy,
@@ -86,7 +93,7 @@ def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str]) ->
         },
         "threshold": test.spec.threshold,
         "verdict": result.verdict,
-        "hashes": {**model_hashes, "direction_sha256": test.direction.sha256, "sample_ids_sha256": sha256_bytes(canonical_json(result.samples.ids.tolist()))},
+        "hashes": {**model_hashes, "sample_ids_sha256": sha256_bytes(canonical_json(result.samples.ids.tolist()))},
         "versions": software_versions(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -99,8 +106,8 @@ def content_hash(payload: dict[str, Any]) -> str:
     return sha256_bytes(canonical_json({k: v for k, v in payload.items() if k != "content_sha256"}))
 
 
-def write_certificate(result: UnitTestResult, model_hashes: dict[str, str], out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    payload = certificate_payload(result, model_hashes)
+def write_certificate(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig, out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    payload = certificate_payload(result, model_hashes, settings)
     path = Path(out_dir) / CERTIFICATES_DIR / f"{result.test.spec.name}.json"
     write_json(path, payload)
     return path, payload

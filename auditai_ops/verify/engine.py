@@ -1,19 +1,28 @@
-"""Decide, for every sample, whether a classifier keeps its target class along a latent segment.
+"""Decide, for every sample, whether a classifier keeps its target class over a latent box.
 
-For a sample with latent z and target class y, the set is {z + t D : lo <= t <= hi}. The
-property holds when every margin m_j(t) = f_y(z + t D) - f_j(z + t D), j != y, stays > 0.
+For a sample with latent z and target class y, the set is {z + t D : t_low <= t <= t_high},
+with D the (k, latent_dim) matrix of k directions. The property holds when every margin
+m_j(t) = f_y(z + t D) - f_j(z + t D), j != y, stays > 0 on the box.
 
 Per sample, in batches:
-1. falsify: evaluate f on a grid of t (endpoints included) in one forward pass; a point with
-   a negative margin is a counterexample, re-confirmed by a separate plain forward pass;
-2. bound: for the rest, lower-bound every margin with each bound method in turn (IBP, then
-   CROWN, ...), passing only the samples still undecided to the next, tighter method;
-   min_j lower_j > min_margin proves the property on the whole segment.
-Verdicts: verified (proved), falsified (a confirmed counterexample), unknown (neither).
+1. falsify: evaluate f on a grid of t (every corner included) and refine the worst points by
+   signed-gradient descent on the margin inside the box; a point with a negative margin is a
+   counterexample, re-confirmed by a separate plain forward pass;
+2. branch and bound: lower-bound every margin on each open piece of the box with each bound
+   method in turn (cheap first); pieces whose min_j lower bound exceeds `min_margin` are
+   proved. Unproved pieces are searched for counterexamples, then split in two along their
+   widest axis (relative to the box), all pieces of all samples in one batch, until every
+   piece is proved, a counterexample is found, or the budget (pieces per sample, seconds)
+   runs out.
+Verdicts: verified (every piece proved), falsified (a confirmed counterexample), unknown.
+The reported margin lower bound of a sample is the minimum over its final pieces, a sound
+lower bound of min_t min_j m_j(t) on the whole box.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,9 +32,27 @@ from torch import nn
 
 from auditai_ops.errors import AuditInputError
 from auditai_ops.verify.line_model import LatentLine
-from auditai_ops.verify.lirpa_compat import BoundMethod, build_bounded_module, compute_margin_lower_bounds
+from auditai_ops.verify.lirpa_compat import build_bounded_module, compute_margin_lower_bounds
 
 VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
+
+
+@dataclass(frozen=True)
+class Falsifier:
+    """Counterexample search: `grid_points` per axis on the whole box, then `steps` signed-gradient steps from `restarts` starts."""
+
+    grid_points: int = 65
+    steps: int = 20
+    restarts: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Branch and bound stops a sample at `max_pieces` pieces, and every sample after `seconds`."""
+
+    max_pieces: int = 64
+    seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +62,7 @@ class SampleOutcomes:
     verdicts: np.ndarray
     margin_lower_bounds: np.ndarray
     decided_by: np.ndarray
+    pieces: np.ndarray
     counterexample_t: np.ndarray
     counterexample_class: np.ndarray
     counterexample_margin: np.ndarray
@@ -44,7 +72,7 @@ class SampleOutcomes:
 
 
 def float32_box(t_low: np.ndarray, t_high: np.ndarray, outward: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The interval in float32, rounded outward (it contains [t_low, t_high]: for bounds) or inward (inside it: for test points)."""
+    """The box in float32, rounded outward (it contains [t_low, t_high]: for bounds) or inward (inside it: for test points)."""
     low, high = np.asarray(t_low, np.float64), np.asarray(t_high, np.float64)
     low32, high32 = low.astype(np.float32), high.astype(np.float32)
     toward_low, toward_high = (-np.inf, np.inf) if outward else (np.inf, -np.inf)
@@ -77,14 +105,42 @@ def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (target_logit - others.max(dim=-1, keepdim=True).values)[..., 0]
 
 
-class LineVerifier:
-    """Verifies one classifier along one direction matrix; the bound graph is built once and reused."""
+@dataclass
+class _Pieces:
+    """Open pieces of the boxes: owning sample, lower and upper corners (float64, shape (P, k))."""
 
-    def __init__(self, head: nn.Module, directions: np.ndarray, device: torch.device, batch_size: int) -> None:
+    owner: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def keep(self, mask: np.ndarray) -> _Pieces:
+        return _Pieces(self.owner[mask], self.low[mask], self.high[mask])
+
+    def split(self, scale: np.ndarray) -> _Pieces:
+        """Halve every piece along its widest axis, measured relative to `scale` (the original box widths)."""
+        axis = np.argmax((self.high - self.low) / scale, axis=1)
+        rows = np.arange(len(self.owner))
+        middle = (self.low[rows, axis] + self.high[rows, axis]) / 2
+        left_high, right_low = self.high.copy(), self.low.copy()
+        left_high[rows, axis] = middle
+        right_low[rows, axis] = middle
+        return _Pieces(np.concatenate([self.owner, self.owner]), np.concatenate([self.low, right_low]), np.concatenate([left_high, self.high]))
+
+
+class LineVerifier:
+    """Verifies one classifier along one direction matrix; the bound graph is built once and reused.
+
+    `model` maps a latent point (B, latent_dim) to logits: the head in latent mode, or
+    classifier o decoder in pixel mode.
+    """
+
+    def __init__(self, model: nn.Module, directions: np.ndarray, device: torch.device, batch_size: int) -> None:
         self.device = device
         self.batch_size = batch_size
         self.directions = torch.from_numpy(np.atleast_2d(directions).astype(np.float32)).to(device)
-        self.line = LatentLine(head, self.directions).to(device).eval()
+        self.line = LatentLine(copy.deepcopy(model), self.directions).to(device).eval().requires_grad_(False)
+        with torch.no_grad():
+            self.num_classes = int(self.line(torch.zeros(1, self.directions.shape[0], device=device), torch.zeros(1, self.directions.shape[1], device=device)).shape[1])
         self._bounded = None
 
     def _bounded_module(self):  # noqa: ANN202 - auto_LiRPA's BoundedModule, imported lazily
@@ -105,71 +161,152 @@ class LineVerifier:
         targets: np.ndarray,
         t_low: np.ndarray,
         t_high: np.ndarray,
-        methods: Sequence[BoundMethod],
-        grid_points: int,
+        methods: Sequence[str],
+        falsifier: Falsifier,
+        budget: Budget,
         min_margin: float,
+        refine_method: str | None = None,
     ) -> SampleOutcomes:
-        """Verdicts for every sample (rows of `latents`) over the box t_low <= t <= t_high."""
+        """Verdicts for every sample (rows of `latents`) over the box t_low <= t <= t_high (shape (k,))."""
+        started = time.perf_counter()
         count, k = len(latents), self.directions.shape[0]
+        t_low, t_high = np.asarray(t_low, np.float64).reshape(k), np.asarray(t_high, np.float64).reshape(k)
+        z_all = torch.from_numpy(latents.astype(np.float32)).to(self.device)
+        y_all = torch.from_numpy(targets.astype(np.int64)).to(self.device)
         verdicts = np.full(count, UNKNOWN, dtype=object)
-        lower = np.full(count, np.nan)
         decided = np.full(count, "", dtype=object)
+        lower = np.full(count, np.inf)
+        pieces_used = np.ones(count, dtype=np.int64)
         cex_t = np.full((count, k), np.nan)
         cex_class = np.full(count, -1, dtype=np.int64)
         cex_margin = np.full(count, np.nan)
-        grid = self._grid(t_low, t_high, grid_points)
-        for start in range(0, count, self.batch_size):
-            rows = slice(start, start + self.batch_size)
-            z = torch.from_numpy(latents[rows].astype(np.float32)).to(self.device)
-            y = torch.from_numpy(targets[rows].astype(np.int64)).to(self.device)
-            found = self._falsify(z, y, grid)
-            for offset, (t, predicted, margin) in found.items():
-                index = start + offset
-                verdicts[index], decided[index] = FALSIFIED, f"grid:{grid_points}"
-                cex_t[index], cex_class[index], cex_margin[index] = t, predicted, margin
-            open_rows = np.setdiff1d(np.arange(len(z)), np.fromiter(found, dtype=np.int64, count=len(found)))
-            for method in methods:
-                if len(open_rows) == 0:
+
+        def record(found: dict[int, tuple[np.ndarray, int, float]], how: str) -> None:
+            for sample, (t, predicted, margin) in found.items():
+                verdicts[sample], decided[sample] = FALSIFIED, how
+                cex_t[sample], cex_class[sample], cex_margin[sample] = t, predicted, margin
+
+        ranks = [*methods, *([refine_method] if refine_method else [])]
+        proof_rank = np.full(count, -1, dtype=np.int64)
+        given_up = np.zeros(count, dtype=bool)
+
+        def close(pieces: _Pieces, bounds: np.ndarray, rank: int | None) -> None:
+            """Make pieces leaves: their bounds enter the samples' margin lower bounds."""
+            np.minimum.at(lower, pieces.owner, bounds)
+            if rank is not None:
+                np.maximum.at(proof_rank, pieces.owner, rank)
+
+        whole = _Pieces(np.arange(count), np.tile(t_low, (count, 1)), np.tile(t_high, (count, 1)))
+        record(self._falsify(z_all, y_all, whole, falsifier.grid_points, falsifier), "search")
+        open_pieces = whole.keep(verdicts[whole.owner] != FALSIFIED)
+        scale = np.where(t_high > t_low, t_high - t_low, 1.0)
+        while len(open_pieces.owner):
+            piece_lower = np.full(len(open_pieces.owner), -np.inf)
+            piece_rank = np.full(len(open_pieces.owner), -1)
+            for rank, method in enumerate(methods):
+                unproved = piece_lower <= min_margin
+                if not unproved.any():
                     break
-                bound = self._lower_bound(z[open_rows], y[open_rows], t_low, t_high, method)
-                index = start + open_rows
-                lower[index] = np.fmax(lower[index], bound)
-                proved = bound > min_margin
-                verdicts[index[proved]], decided[index[proved]] = VERIFIED, method
-                open_rows = open_rows[~proved]
-        return SampleOutcomes(verdicts.astype(str), lower, decided.astype(str), cex_t, cex_class, cex_margin)
+                piece_lower[unproved] = np.fmax(piece_lower[unproved], self._lower_bound(z_all, y_all, open_pieces.keep(unproved), method))
+                piece_rank[unproved & (piece_lower > min_margin)] = rank
+            proved = piece_lower > min_margin
+            close(open_pieces.keep(proved), piece_lower[proved], None)
+            np.maximum.at(proof_rank, open_pieces.owner[proved], piece_rank[proved])
+            open_pieces, piece_lower = open_pieces.keep(~proved), piece_lower[~proved]
+            if not len(open_pieces.owner):
+                break
+            record(self._falsify(z_all, y_all, open_pieces, 3, falsifier), "search")
+            alive = verdicts[open_pieces.owner] != FALSIFIED
+            open_pieces, piece_lower = open_pieces.keep(alive), piece_lower[alive]
+            open_count = np.bincount(open_pieces.owner, minlength=count)
+            out_of_time = time.perf_counter() - started > budget.seconds
+            exhausted = out_of_time | (pieces_used[open_pieces.owner] + open_count[open_pieces.owner] > budget.max_pieces)
+            if exhausted.any() and refine_method is not None:
+                refined = self._lower_bound(z_all, y_all, open_pieces.keep(exhausted), refine_method)
+                piece_lower[exhausted] = np.fmax(piece_lower[exhausted], refined)
+                now_proved = exhausted & (piece_lower > min_margin)
+                close(open_pieces.keep(now_proved), piece_lower[now_proved], len(methods))
+                open_pieces, piece_lower, exhausted = open_pieces.keep(~now_proved), piece_lower[~now_proved], exhausted[~now_proved]
+            stopped = np.isin(open_pieces.owner, open_pieces.owner[exhausted])
+            given_up[open_pieces.owner[stopped]] = True
+            close(open_pieces.keep(stopped), piece_lower[stopped], None)
+            open_pieces = open_pieces.keep(~stopped)
+            np.add.at(pieces_used, open_pieces.owner, 1)
+            open_pieces = open_pieces.split(scale)
 
-    def _grid(self, t_low: np.ndarray, t_high: np.ndarray, points: int) -> torch.Tensor:
-        """Grid points (G, k) inside the box: a regular grid per axis (endpoints included), all combinations."""
-        inner_low, inner_high = float32_box(t_low, t_high, outward=False)
-        axes = [torch.linspace(float(lo), float(hi), points).clamp(float(lo), float(hi)) for lo, hi in zip(inner_low, inner_high, strict=True)]
-        return torch.cartesian_prod(*axes).reshape(-1, len(axes)).to(self.device)
+        falsified = verdicts == FALSIFIED
+        verified = ~falsified & ~given_up
+        verdicts[verified] = VERIFIED
+        decided[verified] = [ranks[r] for r in proof_rank[verified]]
+        lower[falsified] = np.nan
+        return SampleOutcomes(verdicts.astype(str), lower, decided.astype(str), pieces_used, cex_t, cex_class, cex_margin)
 
-    @torch.no_grad()
-    def _falsify(self, z: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> dict[int, tuple[np.ndarray, int, float]]:
-        """Counterexamples on the grid: {row: (t, predicted class, margin)}, each re-confirmed."""
-        batch, points = len(z), len(grid)
-        logits = self.line(grid.repeat(batch, 1), z.repeat_interleave(points, dim=0)).view(batch, points, -1)
-        grid_margins = margins(logits, y[:, None].expand(batch, points))
-        worst_margin, worst_point = grid_margins.min(dim=1)
-        rows = torch.nonzero(worst_margin < 0).flatten()
-        points_t = grid[worst_point[rows]]
-        confirm = self.line(points_t, z[rows])
-        confirmed = margins(confirm, y[rows])
-        predicted = confirm.argmax(dim=1)
+    def _rows(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, outward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latents, targets and float32 corners (outward for bounds, inward for test points) of some pieces."""
+        low32, high32 = float32_box(pieces.low, pieces.high, outward=outward)
+        owner = torch.from_numpy(pieces.owner).to(self.device)
+        return z_all[owner], y_all[owner], torch.from_numpy(low32).to(self.device), torch.from_numpy(high32).to(self.device)
+
+    def _falsify(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, grid_points: int, falsifier: Falsifier) -> dict[int, tuple[np.ndarray, int, float]]:
+        """Counterexamples inside the pieces: {sample: (t, predicted class, margin)}, each re-confirmed."""
+        k = self.directions.shape[0]
+        per_axis = max(2, round(grid_points ** (1.0 / k)))
+        unit = torch.cartesian_prod(*[torch.linspace(0.0, 1.0, per_axis, device=self.device)] * k).reshape(-1, k)
+        generator = torch.Generator(device="cpu").manual_seed(falsifier.seed)
+        starts = 1 + max(0, falsifier.restarts - 1)
+        chunk = max(1, 65536 // (len(unit) + starts))
         found: dict[int, tuple[np.ndarray, int, float]] = {}
-        for i, row in enumerate(rows.tolist()):
-            if float(confirmed[i]) < 0:
-                found[row] = (points_t[i].cpu().numpy().astype(np.float64), int(predicted[i]), float(confirmed[i]))
+        for first in range(0, len(pieces.owner), chunk):
+            part = pieces.keep(np.arange(first, min(first + chunk, len(pieces.owner))))
+            part = part.keep(np.array([owner not in found for owner in part.owner], dtype=bool))
+            if not len(part.owner):
+                continue
+            z, y, low, high = self._rows(z_all, y_all, part, outward=False)
+            grid = (low[:, None, :] + unit[None] * (high - low)[:, None, :]).clamp(low[:, None, :], high[:, None, :])
+            candidates = self._descend(z, y, grid, low, high, generator, falsifier, starts)
+            with torch.no_grad():
+                n, m = candidates.shape[:2]
+                values = margins(self.line(candidates.reshape(-1, k), z.repeat_interleave(m, dim=0)).view(n, m, -1), y[:, None].expand(n, m))
+                best = values.argmin(dim=1)
+                points = candidates[torch.arange(n), best]
+                confirm = self.line(points, z)
+                confirmed = margins(confirm, y)
+                predicted = confirm.argmax(dim=1)
+            for row in torch.nonzero(confirmed < 0).flatten().tolist():
+                sample = int(part.owner[row])
+                if sample not in found:
+                    found[sample] = (points[row].cpu().numpy().astype(np.float64), int(predicted[row]), float(confirmed[row]))
         return found
 
-    def _lower_bound(self, z: torch.Tensor, y: torch.Tensor, t_low: np.ndarray, t_high: np.ndarray, method: BoundMethod) -> np.ndarray:
-        """min_j of the lower bounds of the margins, for each sample of the batch."""
-        batch = len(z)
-        outer_low, outer_high = float32_box(t_low, t_high, outward=True)
-        low = torch.from_numpy(outer_low).to(self.device).expand(batch, -1).contiguous()
-        high = torch.from_numpy(outer_high).to(self.device).expand(batch, -1).contiguous()
-        num_classes = int(self.logits(low[:1], z[:1]).shape[1])
-        spec = margin_specification(y, num_classes)
-        bounds = compute_margin_lower_bounds(self._bounded_module(), ((low + high) / 2, z), low, high, spec, method)
-        return bounds.min(dim=1).values.detach().cpu().numpy().astype(np.float64)
+    def _descend(
+        self, z: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator, falsifier: Falsifier, starts: int
+    ) -> torch.Tensor:
+        """Grid points plus the end points of signed-gradient descent on the margin (from the worst grid point and random starts)."""
+        n, points, k = grid.shape
+        with torch.no_grad():
+            values = margins(self.line(grid.reshape(-1, k), z.repeat_interleave(points, dim=0)).view(n, points, -1), y[:, None].expand(n, points))
+        if falsifier.steps == 0:
+            return grid
+        worst = grid[torch.arange(n), values.argmin(dim=1)][:, None, :]
+        random = torch.rand((n, starts - 1, k), generator=generator).to(self.device)
+        t = torch.cat([worst, low[:, None, :] + random * (high - low)[:, None, :]], dim=1)
+        spacing = (high - low)[:, None, :] / max(1, round(points ** (1.0 / k)) - 1)
+        for step in range(falsifier.steps):
+            t = t.detach().requires_grad_(True)
+            with torch.enable_grad():
+                value = margins(self.line(t.reshape(-1, k), z.repeat_interleave(starts, dim=0)).view(n, starts, -1), y[:, None].expand(n, starts))
+                (gradient,) = torch.autograd.grad(value.sum(), t)
+            size = 0.5 * spacing * (1.0 - step / falsifier.steps)  # from half a grid spacing down to zero
+            t = torch.minimum(torch.maximum(t.detach() - size * gradient.sign(), low[:, None, :]), high[:, None, :])
+        return torch.cat([grid, t.detach()], dim=1)
+
+    def _lower_bound(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, method: str) -> np.ndarray:
+        """min_j of the lower bounds of the margins on each piece, in batches of `batch_size` pieces."""
+        results = []
+        for first in range(0, len(pieces.owner), self.batch_size):
+            part = pieces.keep(np.arange(first, min(first + self.batch_size, len(pieces.owner))))
+            z, y, low, high = self._rows(z_all, y_all, part, outward=True)
+            spec = margin_specification(y, self.num_classes)
+            bounds = compute_margin_lower_bounds(self._bounded_module(), ((low + high) / 2, z), low, high, spec, method)
+            results.append(bounds.min(dim=1).values.detach().cpu().numpy().astype(np.float64))
+        return np.concatenate(results) if results else np.zeros(0)

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from auditai_ops.errors import AuditInputError
+from auditai_ops.verify.normalize import PerChannelNormalize
 
 if TYPE_CHECKING:
     from auto_LiRPA import BoundedModule
@@ -76,6 +77,7 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Tanh,
     nn.Flatten,
     nn.Identity,
+    PerChannelNormalize,
     nn.Sequential,
     nn.ModuleList,
 )

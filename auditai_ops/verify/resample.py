@@ -1,8 +1,9 @@
 """An empirical cross-check of certificates: dense sampling must never contradict a proof.
 
 For every verified sample of every certificate in an audit folder, evaluate the classifier at
-`points` evenly spaced t across the certified latent interval (endpoints included) and count
-the samples whose prediction ever leaves the target class. A sound verifier gives zero.
+`points` evenly spaced t across the certified latent box (endpoints included; for k
+directions a regular grid with about `points` nodes) and count the samples whose prediction
+ever leaves the target class. A sound verifier gives zero.
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ def resample_certificates(out_dir: Path, inputs: StepInputs, points: int = 1000,
     results = []
     for path in sorted((out_dir / CERTIFICATES_DIR).glob("*.json")):
         certificate = json.loads(path.read_text())
-        direction = torch.from_numpy(directions[certificate["direction"]["name"]].vector)
-        interval = certificate["latent_interval"]
-        ts = torch.linspace(interval["low"], interval["high"], points)
+        matrix = torch.from_numpy(np.stack([directions[d["name"]].vector for d in certificate["directions"]]))
+        box = certificate["latent_box"]
+        per_axis = max(2, round(points ** (1.0 / len(matrix)))) if len(matrix) > 1 else points
+        axes = [torch.linspace(low, high, per_axis) for low, high in zip(box["low"], box["high"], strict=True)]
+        offsets = torch.cartesian_prod(*axes).reshape(-1, len(matrix)) @ matrix
         verified = [s for s in certificate["samples"] if s["verdict"] == VERIFIED]
         contradicted = 0
         for start in range(0, len(verified), chunk):
             batch = verified[start : start + chunk]
             z = latents[[row_of[s["id"]] for s in batch]]
-            predictions = head(z[:, None, :] + ts[None, :, None] * direction).argmax(dim=-1)
+            predictions = head(z[:, None, :] + offsets[None, :, :]).argmax(dim=-1)
             targets = torch.tensor([s["target"] for s in batch])
             contradicted += int((predictions != targets[:, None]).any(dim=1).sum())
-        results.append(ResampleResult(path.name, len(verified), points, contradicted))
+        results.append(ResampleResult(path.name, len(verified), len(offsets), contradicted))
     return results

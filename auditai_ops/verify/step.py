@@ -23,6 +23,7 @@ from auditai_ops.verify.engine import resolve_device
 from auditai_ops.verify.unit_tests import ERROR, FAIL, PASS, AuditSamples, ResolvedUnitTest, resolve_unit_tests, run_unit_test
 
 _LOGGER = logging.getLogger(__name__)
+SUMMARY_FIGURES = ("samples", "certified_accuracy", "certified_accuracy_lower_bound", "falsified_fraction", "unknown_fraction", "clean_accuracy", "seconds")
 
 
 def load_test_samples(path: Path, seed: int) -> AuditSamples:
@@ -42,12 +43,12 @@ def _row(test: ResolvedUnitTest) -> dict[str, Any]:
     spec = test.spec
     return {
         "name": spec.name,
-        "direction": spec.direction,
-        "direction_units": test.direction.units,
-        "range": spec.range.model_dump(mode="json"),
-        "latent_interval": {"low": test.t_low, "high": test.t_high},
+        "direction": " x ".join(spec.direction),
+        "ranges": [{**span.model_dump(mode="json"), "direction_units": d.units} for span, d in zip(spec.range, test.directions, strict=True)],
+        "latent_box": {"low": test.t_low.tolist(), "high": test.t_high.tolist()},
         "property": spec.property,
         "threshold": spec.threshold,
+        "threshold_on": spec.threshold_on,
     }
 
 
@@ -72,7 +73,7 @@ def verify_audit(tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, inpu
         row = _row(test)
         try:
             result = run_unit_test(test, head, samples, settings, device)
-            path, certificate = write_certificate(result, model_hashes, out_dir)
+            path, certificate = write_certificate(result, model_hashes, settings, out_dir)
         except Exception as error:  # one broken unit test must not hide the others' results
             _LOGGER.exception("unit test '%s' could not run", test.spec.name)
             rows.append({**row, "verdict": ERROR, "error": f"{type(error).__name__}: {error}", "samples": 0})
@@ -81,7 +82,7 @@ def verify_audit(tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, inpu
         rows.append(
             {
                 **row,
-                **{key: aggregates[key] for key in ("samples", "certified_accuracy", "falsified_fraction", "unknown_fraction", "clean_accuracy", "seconds")},
+                **{key: aggregates[key] for key in SUMMARY_FIGURES},
                 "verdict": result.verdict,
                 "error": None,
                 "certificate": str(path.relative_to(out_dir)),

@@ -47,9 +47,11 @@ def test_small_run_writes_every_artifact(small_run: Path) -> None:
 def test_certificate_contents_and_hashes(small_run: Path) -> None:
     certificate = json.loads((small_run / "certificates" / "slant_small.json").read_text())
     assert certificate["schema_version"] == 1
-    assert certificate["unit_test"]["range"] == {"low": -2.0, "high": 2.0, "units": "attribute"}
-    calibration = certificate["direction"]["calibration"]
-    assert certificate["latent_interval"]["low"] == pytest.approx(-2.0 / calibration)
+    assert certificate["unit_test"]["range"] == [{"low": -2.0, "high": 2.0, "units": "attribute"}]
+    calibration = certificate["directions"][0]["calibration"]
+    assert certificate["latent_box"]["low"] == [pytest.approx(-2.0 / calibration)]
+    assert certificate["settings"]["max_pieces"] == 64 and certificate["aggregates"]["confidence"] == 0.95
+    assert 0 < certificate["aggregates"]["certified_accuracy_lower_bound"] < certificate["aggregates"]["certified_accuracy"]
     assert certificate["content_sha256"] == content_hash(certificate)
     samples = certificate["samples"]
     assert len(samples) == certificate["aggregates"]["samples"] == 200

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from auditai_ops.errors import AuditInputError
-from auditai_ops.verify.engine import FALSIFIED, UNKNOWN, VERIFIED, LineVerifier, float32_box, margin_specification, margins, resolve_device
+from auditai_ops.verify.engine import FALSIFIED, UNKNOWN, VERIFIED, Budget, Falsifier, LineVerifier, float32_box, margin_specification, margins, resolve_device
 
 CPU = torch.device("cpu")
 
@@ -28,18 +28,24 @@ def test_margin_specification_rows_are_target_minus_other() -> None:
     torch.testing.assert_close(margins(logits, torch.tensor([0, 2])), torch.tensor([1.0, -1.0]))
 
 
+GRID_ONLY = Falsifier(grid_points=5, steps=0, restarts=1)
+SEARCH = Falsifier(grid_points=9, steps=20, restarts=4)
+
+
 @pytest.mark.parametrize("methods", [("IBP",), ("CROWN",), ("IBP", "CROWN")])
 def test_hand_computable_linear_verdicts(methods: tuple[str, ...]) -> None:
-    """Margin z0 + t on t in [-0.5, 0.5]: verified iff z0 > 0.5, falsified iff z0 < 0.5 (the endpoint -0.5)."""
+    """Margin z0 + t on t in [-0.5, 0.5]: verified iff z0 > 0.5, falsified iff z0 < 0.5 (at t = -0.5); 0.5 itself stays unknown."""
     verifier = LineVerifier(_linear_two_class(), np.array([1.0, 0.0]), CPU, batch_size=2)
     latents = np.array([[2.0, 0.0], [0.6, 3.0], [0.4, 0.0], [-1.0, 0.0], [0.5, 0.0]], np.float32)
-    out = verifier.verify(latents, np.ones(5, np.int64), np.array([-0.5]), np.array([0.5]), methods, 5, 1e-5)
+    out = verifier.verify(latents, np.ones(5, np.int64), np.array([-0.5]), np.array([0.5]), methods, GRID_ONLY, Budget(max_pieces=8), 1e-5)
     assert out.verdicts.tolist() == [VERIFIED, VERIFIED, FALSIFIED, FALSIFIED, UNKNOWN]
     np.testing.assert_allclose(out.margin_lower_bounds[:2], [1.5, 0.1], atol=1e-5)
+    assert out.margin_lower_bounds[4] == pytest.approx(0.0, abs=1e-5)
+    assert out.pieces.tolist()[:2] == [1, 1] and out.pieces[4] == 8
     np.testing.assert_allclose(out.counterexample_t[2:4, 0], [-0.5, -0.5])
     assert out.counterexample_class[2:4].tolist() == [0, 0]
     np.testing.assert_allclose(out.counterexample_margin[2:4], [-0.1, -1.5], atol=1e-6)
-    assert out.decided_by[2] == "grid:5" and out.decided_by[0] in methods
+    assert out.decided_by[2] == "search" and out.decided_by[0] in methods
 
 
 def _bump_head(centre: float, width: float) -> nn.Module:
@@ -63,8 +69,7 @@ def _bump_head(centre: float, width: float) -> nn.Module:
 def test_planted_failure_is_falsified_never_verified() -> None:
     head = _bump_head(centre=0.3, width=0.06)
     verifier = LineVerifier(head, np.array([1.0]), CPU, batch_size=64)
-    latents = np.zeros((3, 1), np.float32)
-    out = verifier.verify(latents, np.zeros(3, np.int64), np.array([-1.0]), np.array([1.0]), ("IBP", "CROWN"), 65, 1e-5)
+    out = verifier.verify(np.zeros((3, 1), np.float32), np.zeros(3, np.int64), np.array([-1.0]), np.array([1.0]), ("IBP", "CROWN"), Falsifier(65, 0, 1), Budget(), 1e-5)
     assert out.verdicts.tolist() == [FALSIFIED] * 3
     assert np.all(np.abs(out.counterexample_t[:, 0] - 0.3) < 0.04)
     with torch.no_grad():
@@ -72,19 +77,74 @@ def test_planted_failure_is_falsified_never_verified() -> None:
     assert logits.argmax(dim=1).tolist() == [1, 1, 1]
 
 
-def test_planted_failure_missed_by_the_grid_stays_unknown() -> None:
-    """A failure narrower than the grid spacing must never come out verified."""
+@pytest.mark.parametrize("max_pieces", [1, 4, 256])
+def test_planted_failure_narrower_than_the_grid_is_never_verified(max_pieces: int) -> None:
+    """A failure 0.005 wide hides between grid points; branch and bound must find it given pieces, and never prove the box."""
     head = _bump_head(centre=0.31, width=0.004)
     verifier = LineVerifier(head, np.array([1.0]), CPU, batch_size=64)
-    out = verifier.verify(np.zeros((4, 1), np.float32), np.zeros(4, np.int64), np.array([-1.0]), np.array([1.0]), ("IBP", "CROWN"), 5, 1e-5)
+    out = verifier.verify(np.zeros((4, 1), np.float32), np.zeros(4, np.int64), np.array([-1.0]), np.array([1.0]), ("IBP", "CROWN"), GRID_ONLY, Budget(max_pieces), 1e-5)
     assert VERIFIED not in out.verdicts.tolist()
+    if max_pieces == 256:
+        assert out.verdicts.tolist() == [FALSIFIED] * 4
+        assert np.all(np.abs(out.counterexample_t[:, 0] - 0.31) < 0.003)
 
 
-def test_away_from_the_planted_failure_it_verifies() -> None:
-    head = _bump_head(centre=0.3, width=0.06)
-    verifier = LineVerifier(head, np.array([1.0]), CPU, batch_size=64)
-    out = verifier.verify(np.zeros((2, 1), np.float32), np.zeros(2, np.int64), np.array([-1.0]), np.array([0.2]), ("IBP", "CROWN"), 9, 1e-5)
-    assert out.verdicts.tolist() == [VERIFIED, VERIFIED]
+def _cancelling_head() -> nn.Module:
+    """Margin 0.5 + relu(t) - relu(t) = 0.5 everywhere; IBP loses the cancellation, by the width of the box."""
+    first = nn.Linear(1, 2)
+    second = nn.Linear(2, 2)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0], [1.0]]))
+        first.bias.zero_()
+        second.weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+        second.bias.copy_(torch.tensor([0.5, 0.0]))
+    return nn.Sequential(first, nn.ReLU(), second).eval()
+
+
+def test_branch_and_bound_proves_what_one_interval_cannot() -> None:
+    """IBP on [-1, 1] bounds the margin below by 0.5 - 1; pieces of width < 0.5 prove it."""
+    verifier = LineVerifier(_cancelling_head(), np.array([1.0]), CPU, batch_size=64)
+    latents, targets, low, high = np.zeros((2, 1), np.float32), np.zeros(2, np.int64), np.array([-1.0]), np.array([1.0])
+    single = verifier.verify(latents, targets, low, high, ("IBP",), GRID_ONLY, Budget(max_pieces=1), 1e-5)
+    split = verifier.verify(latents, targets, low, high, ("IBP",), GRID_ONLY, Budget(max_pieces=64), 1e-5)
+    assert single.verdicts.tolist() == [UNKNOWN, UNKNOWN] and single.margin_lower_bounds[0] == pytest.approx(-0.5)
+    assert split.verdicts.tolist() == [VERIFIED, VERIFIED] and 4 < split.pieces[0] <= 16
+    assert split.margin_lower_bounds[0] > 0 and split.decided_by[0] == "IBP"
+
+
+def test_an_exhausted_time_budget_leaves_samples_unknown() -> None:
+    verifier = LineVerifier(_cancelling_head(), np.array([1.0]), CPU, batch_size=64)
+    out = verifier.verify(np.zeros((2, 1), np.float32), np.zeros(2, np.int64), np.array([-1.0]), np.array([1.0]), ("IBP",), GRID_ONLY, Budget(64, seconds=0.0), 1e-5)
+    assert out.verdicts.tolist() == [UNKNOWN, UNKNOWN] and out.pieces.tolist() == [1, 1]
+
+
+def _sum_head() -> nn.Module:
+    """Two classes on a 2-d latent: the margin of class 0 is 1 - z0 - z1."""
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        layer.bias.copy_(torch.tensor([1.0, 0.0]))
+    return nn.Sequential(layer).eval()
+
+
+def test_two_directions_form_a_box() -> None:
+    verifier = LineVerifier(_sum_head(), np.eye(2), CPU, batch_size=8)
+    latents, targets = np.zeros((1, 2), np.float32), np.zeros(1, np.int64)
+    safe = verifier.verify(latents, targets, np.array([-1.0, -1.0]), np.array([0.4, 0.4]), ("CROWN",), SEARCH, Budget(), 1e-5)
+    assert safe.verdicts.tolist() == [VERIFIED] and safe.margin_lower_bounds[0] == pytest.approx(0.2, abs=1e-5)
+    unsafe = verifier.verify(latents, targets, np.array([-1.0, -1.0]), np.array([0.6, 0.6]), ("CROWN",), SEARCH, Budget(), 1e-5)
+    assert unsafe.verdicts.tolist() == [FALSIFIED]
+    assert unsafe.counterexample_t[0].sum() > 1.0
+
+
+def test_gradient_search_finds_what_the_grid_misses() -> None:
+    """The dip around 0.31 fails on (0.21, 0.41), between the grid points 0 and 0.5; its slope leads the search there."""
+    head = _bump_head(centre=0.31, width=0.3)
+    verifier = LineVerifier(head, np.array([1.0]), CPU, batch_size=8)
+    grid_only = verifier.verify(np.zeros((1, 1), np.float32), np.zeros(1, np.int64), np.array([-1.0]), np.array([1.0]), ("IBP",), GRID_ONLY, Budget(1), 1e-5)
+    searched = verifier.verify(np.zeros((1, 1), np.float32), np.zeros(1, np.int64), np.array([-1.0]), np.array([1.0]), ("IBP",), Falsifier(5, 20, 1), Budget(1), 1e-5)
+    assert grid_only.verdicts.tolist() == [UNKNOWN]
+    assert searched.verdicts.tolist() == [FALSIFIED]
 
 
 def test_cuda_without_cuda_is_bad_input() -> None:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auditai_ops.classifier.head import build_head
-from auditai_ops.verify.engine import FALSIFIED, VERIFIED, LineVerifier
+from auditai_ops.verify.engine import FALSIFIED, VERIFIED, Budget, Falsifier, LineVerifier
 
 CPU = torch.device("cpu")
 
@@ -27,7 +27,7 @@ def _check(seed: int, half_width: float, methods: tuple[str, ...], hidden: tuple
     with torch.no_grad():
         targets = head(torch.from_numpy(latents)).argmax(dim=1).numpy()
     low, high = -half_width, half_width * 0.5
-    out = LineVerifier(head, direction, CPU, batch_size=32).verify(latents, targets, np.array([low]), np.array([high]), methods, 9, 1e-5)
+    out = LineVerifier(head, direction, CPU, batch_size=32).verify(latents, targets, np.array([low]), np.array([high]), methods, Falsifier(9, 5, 2), Budget(8), 1e-5)
 
     ts = torch.linspace(low, high, 1000)
     d = torch.from_numpy(direction.astype(np.float32))
