@@ -120,6 +120,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _verify_and_report(config, inputs, args.out)
 
 
+def cmd_certificate_check(args: argparse.Namespace) -> int:
+    from auditai_ops.verify.check import check_certificate
+
+    _, inputs = _inputs(args)
+    all_passed = True
+    for path in args.certificates:
+        checks = check_certificate(path, inputs)
+        passed = all(c.passed for c in checks)
+        all_passed &= passed
+        print(f"{path}: {'VALID' if passed else 'INVALID'}")
+        for check in checks:
+            print(f"  {'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+    return EXIT_OK if all_passed else EXIT_SPEC_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="auditai", description="Verified semantic unit tests for deep-learning models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -139,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     step("verify", cmd_verify, "prove or falsify every unit test; write certificates, summary.json, junit.xml", device=True)
     run = step("run", cmd_run, "run every step end to end into --out", device=True)
     run.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG", help="YAML config (same as --config)")
+
+    certificate = sub.add_parser("certificate", help="work with certificates", description="work with certificates")
+    certificate_sub = certificate.add_subparsers(dest="certificate_command", required=True, metavar="COMMAND")
+    check = certificate_sub.add_parser(
+        "check",
+        help="re-check certificates against the models: hashes, signature, aggregates, and every verdict recomputed",
+        description="Exit 0 when every certificate is valid, 1 when any check fails, 2 on bad input.",
+    )
+    check.add_argument("certificates", nargs="+", type=Path, metavar="CERT.json")
+    check.add_argument("--config", type=Path, default=None, help="YAML config whose 'inputs' name the models (default: those under --out)")
+    check.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"audit folder holding the models (default: {DEFAULT_OUT})")
+    check.set_defaults(handler=cmd_certificate_check)
     return parser
 
 

@@ -10,7 +10,10 @@ canonical JSON of all other fields. With a signing key, `signature` is an HMAC o
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
+import os
 import platform
 from datetime import UTC, datetime
 from importlib import metadata
@@ -98,12 +101,30 @@ def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str], se
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     payload["content_sha256"] = content_hash(payload)
+    key = signing_key()
+    if key is not None:
+        payload["signature"] = signature(payload["content_sha256"], key)
     return payload
 
 
+UNHASHED_FIELDS = ("content_sha256", "signature")
+SIGNING_KEY_ENV = "AUDITAI_SIGNING_KEY"
+
+
 def content_hash(payload: dict[str, Any]) -> str:
-    """sha256 over the canonical JSON of every field except `content_sha256` itself."""
-    return sha256_bytes(canonical_json({k: v for k, v in payload.items() if k != "content_sha256"}))
+    """sha256 over the canonical JSON of every field except `content_sha256` and `signature`."""
+    return sha256_bytes(canonical_json({k: v for k, v in payload.items() if k not in UNHASHED_FIELDS}))
+
+
+def signing_key() -> bytes | None:
+    """The HMAC key from the environment (never logged), or None when unset."""
+    key = os.environ.get(SIGNING_KEY_ENV, "")
+    return key.encode() if key else None
+
+
+def signature(content_sha256: str, key: bytes) -> dict[str, str]:
+    """HMAC-SHA256 of the content hash: whoever holds the key can tell the certificate was issued with it."""
+    return {"algorithm": "hmac-sha256", "value": hmac.new(key, content_sha256.encode(), hashlib.sha256).hexdigest()}
 
 
 def write_certificate(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig, out_dir: Path) -> tuple[Path, dict[str, Any]]:
