@@ -50,7 +50,7 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig) -> dict[str, Any]:
+def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig, images: dict[str, str]) -> dict[str, Any]:
     """The certificate of one unit test, including its content hash."""
     test, outcomes = result.test, result.outcomes
     samples = []
@@ -61,6 +61,7 @@ def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str], se
                 "t": [float(v) for v in outcomes.counterexample_t[i]],
                 "predicted_class": int(outcomes.counterexample_class[i]),
                 "margin": float(outcomes.counterexample_margin[i]),
+                "image": images.get(sample_id),
             }
         samples.append(
             {
@@ -127,8 +128,8 @@ def signature(content_sha256: str, key: bytes) -> dict[str, str]:
     return {"algorithm": "hmac-sha256", "value": hmac.new(key, content_sha256.encode(), hashlib.sha256).hexdigest()}
 
 
-def write_certificate(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig, out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    payload = certificate_payload(result, model_hashes, settings)
+def write_certificate(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig, images: dict[str, str], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    payload = certificate_payload(result, model_hashes, settings, images)
     path = Path(out_dir) / CERTIFICATES_DIR / f"{result.test.spec.name}.json"
     write_json(path, payload)
     return path, payload

@@ -57,8 +57,8 @@ def read_certificate(path: Path) -> dict[str, Any]:
 
 
 def _integrity(certificate: dict[str, Any]) -> list[Check]:
-    recomputed = content_hash(certificate)
-    checks = [Check("integrity", recomputed == certificate["content_sha256"], "content hash matches" if recomputed == certificate["content_sha256"] else "content hash mismatch: the certificate was modified after it was issued")]
+    intact = content_hash(certificate) == certificate["content_sha256"]
+    checks = [Check("integrity", intact, "content hash matches" if intact else "content hash mismatch: the certificate was modified after it was issued")]
     key = signing_key()
     if key is not None:
         recorded = certificate.get("signature")

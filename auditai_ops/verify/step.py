@@ -19,6 +19,7 @@ from auditai_ops.layout import CERTIFICATES_DIR, JUNIT_FILE, SUMMARY_FILE, StepI
 from auditai_ops.progress import progress
 from auditai_ops.report.render import junit_xml
 from auditai_ops.verify.certificate import write_certificate
+from auditai_ops.verify.counterexamples import save_counterexample_images
 from auditai_ops.verify.engine import resolve_device
 from auditai_ops.verify.unit_tests import ERROR, FAIL, PASS, AuditSamples, ResolvedUnitTest, resolve_unit_tests, run_unit_test
 
@@ -73,7 +74,8 @@ def verify_audit(tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, inpu
         row = _row(test)
         try:
             result = run_unit_test(test, head, samples, settings, device)
-            path, certificate = write_certificate(result, model_hashes, settings, out_dir)
+            images = save_counterexample_images(vae.decoder, result, out_dir)
+            path, certificate = write_certificate(result, model_hashes, settings, images, out_dir)
         except Exception as error:  # one broken unit test must not hide the others' results
             _LOGGER.exception("unit test '%s' could not run", test.spec.name)
             rows.append({**row, "verdict": ERROR, "error": f"{type(error).__name__}: {error}", "samples": 0})

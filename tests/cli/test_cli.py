@@ -165,3 +165,15 @@ def test_run_on_cuda_without_cuda_fails_before_training(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "verify.device: 'cuda'" in result.stderr
     assert not (tmp_path / "latent").exists()
+
+
+def test_every_falsified_sample_has_a_counterexample_image(small_run: Path) -> None:
+    from PIL import Image
+
+    certificate = json.loads((small_run / "certificates" / "slant_small.json").read_text())
+    falsified = [s for s in certificate["samples"] if s["verdict"] == "falsified"]
+    assert falsified
+    for sample in falsified:
+        image = small_run / sample["counterexample"]["image"]
+        with Image.open(image) as png:
+            assert png.size[0] > 2 * png.size[1] - 40  # original and counterexample side by side
