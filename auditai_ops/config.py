@@ -150,6 +150,46 @@ class VerifyConfig(_Section):
         return device
 
 
+class NormalizationConfig(_Section):
+    """Per-channel input normalisation of the audited pixel classifier: x -> (x - mean) / std."""
+
+    mean: tuple[float, ...]
+    std: tuple[Annotated[float, Field(gt=0.0)], ...]
+
+    @model_validator(mode="after")
+    def _one_per_channel(self) -> NormalizationConfig:
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std need one value per channel, got {len(self.mean)} and {len(self.std)}")
+        return self
+
+
+class ModelConfig(_Section):
+    """The audited model.
+
+    latent mode: the head trained by `train-classifier` on the generator's latents (model =
+    head o encoder; the head is verified on the latent box). pixel mode: a classifier on
+    images, verified as classifier o decoder over the latent box with the decoder inside
+    the bounded graph; `classifier` is a TorchScript file, an ONNX file, 'package.module:factory'
+    (with safetensors `weights`), or an MLflow model URI; without it, head o encoder is
+    audited on decoded images.
+    """
+
+    mode: Literal["latent", "pixel"] = "latent"
+    classifier: str | None = None
+    weights: str | None = None
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    trust_pickle: bool = False
+    normalization: NormalizationConfig | None = None
+
+    @model_validator(mode="after")
+    def _pixel_only(self) -> ModelConfig:
+        if self.mode == "latent" and (self.classifier or self.normalization or self.weights):
+            raise ValueError("'classifier', 'weights' and 'normalization' apply to mode: pixel only")
+        if self.weights and not self.classifier:
+            raise ValueError("'weights' needs a 'classifier' of the form 'package.module:factory'")
+        return self
+
+
 class InputsConfig(_Section):
     """Artifacts of earlier steps to read instead of those in the output folder (paths relative to the config)."""
 
@@ -163,6 +203,7 @@ class AuditConfig(_Section):
     """A whole audit: the pipeline steps' settings and the unit tests."""
 
     inputs: InputsConfig = InputsConfig()
+    model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     latent: LatentConfig = LatentConfig()
     directions: DirectionsConfig = DirectionsConfig()

@@ -77,19 +77,19 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _verify_and_report(config: AuditConfig, inputs: StepInputs, out: Path) -> int:
+def _verify_and_report(config: AuditConfig, inputs: StepInputs, out: Path, base: Path | None) -> int:
     from auditai_ops.report.render import console_table
     from auditai_ops.verify.step import verify_audit
 
-    summary = verify_audit(config.unit_tests, config.verify, inputs, out)
+    summary = verify_audit(config.unit_tests, config.verify, config.model, inputs, out, base)
     print(console_table(summary))
     print(f"\ncertificates, summary.json and junit.xml are in {out}")
     return {"pass": EXIT_OK, "fail": EXIT_SPEC_FAILED}.get(summary["verdict"], EXIT_ERROR)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    config, inputs = _inputs(args)
-    return _verify_and_report(config, inputs, args.out)
+    config, base = _config_and_base(args)
+    return _verify_and_report(config, resolve_inputs(args.out, config.inputs, base), args.out, base)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -117,16 +117,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         step()
         print(f"[auditai run] {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     print("[auditai run] verify ...", flush=True)
-    return _verify_and_report(config, inputs, args.out)
+    return _verify_and_report(config, inputs, args.out, base)
 
 
 def cmd_certificate_check(args: argparse.Namespace) -> int:
     from auditai_ops.verify.check import check_certificate
 
-    _, inputs = _inputs(args)
+    config, base = _config_and_base(args)
+    inputs = resolve_inputs(args.out, config.inputs, base)
     all_passed = True
     for path in args.certificates:
-        checks = check_certificate(path, inputs)
+        checks = check_certificate(path, config.model, inputs, base)
         passed = all(c.passed for c in checks)
         all_passed &= passed
         print(f"{path}: {'VALID' if passed else 'INVALID'}")

@@ -23,6 +23,7 @@ from typing import Any
 from auditai_ops.config import VerifyConfig
 from auditai_ops.fileio import canonical_json, sha256_bytes, write_json
 from auditai_ops.layout import CERTIFICATES_DIR
+from auditai_ops.verify.audited_model import AuditedModel
 from auditai_ops.verify.lirpa_compat import applied_patches
 from auditai_ops.verify.unit_tests import UnitTestResult
 
@@ -50,7 +51,7 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig, images: dict[str, str]) -> dict[str, Any]:
+def certificate_payload(result: UnitTestResult, audited: AuditedModel, settings: VerifyConfig, images: dict[str, str]) -> dict[str, Any]:
     """The certificate of one unit test, including its content hash."""
     test, outcomes = result.test, result.outcomes
     samples = []
@@ -97,7 +98,8 @@ def certificate_payload(result: UnitTestResult, model_hashes: dict[str, str], se
         },
         "threshold": test.spec.threshold,
         "verdict": result.verdict,
-        "hashes": {**model_hashes, "sample_ids_sha256": sha256_bytes(canonical_json(result.samples.ids.tolist()))},
+        "model": audited.description,
+        "hashes": {**audited.hashes, "sample_ids_sha256": sha256_bytes(canonical_json(result.samples.ids.tolist()))},
         "versions": software_versions(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -128,8 +130,8 @@ def signature(content_sha256: str, key: bytes) -> dict[str, str]:
     return {"algorithm": "hmac-sha256", "value": hmac.new(key, content_sha256.encode(), hashlib.sha256).hexdigest()}
 
 
-def write_certificate(result: UnitTestResult, model_hashes: dict[str, str], settings: VerifyConfig, images: dict[str, str], out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    payload = certificate_payload(result, model_hashes, settings, images)
+def write_certificate(result: UnitTestResult, audited: AuditedModel, settings: VerifyConfig, images: dict[str, str], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    payload = certificate_payload(result, audited, settings, images)
     path = Path(out_dir) / CERTIFICATES_DIR / f"{result.test.spec.name}.json"
     write_json(path, payload)
     return path, payload

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from auditai_ops.classifier.head import load_head
-from auditai_ops.config import VerifyConfig
+from auditai_ops.config import ModelConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.errors import AuditInputError
-from auditai_ops.fileio import canonical_json, sha256_bytes, sha256_state_dict
-from auditai_ops.latent.mapping import load_vae
+from auditai_ops.fileio import canonical_json, sha256_bytes
 from auditai_ops.layout import StepInputs
+from auditai_ops.verify.audited_model import AuditedModel, build_audited_model
 from auditai_ops.verify.certificate import SIGNING_KEY_ENV, content_hash, signature, signing_key
 from auditai_ops.verify.engine import FALSIFIED, VERIFIED, Budget, Falsifier, LineVerifier, margins
 from auditai_ops.verify.stats import clopper_pearson_lower
@@ -73,25 +72,22 @@ def _integrity(certificate: dict[str, Any]) -> list[Check]:
     return checks
 
 
-def _hash_checks(certificate: dict[str, Any], inputs: StepInputs) -> tuple[list[Check], torch.nn.Module, dict[str, Any]]:
-    head, _ = load_head(inputs.head)
-    vae, _ = load_vae(inputs.vae)
+def _hash_checks(certificate: dict[str, Any], audited: AuditedModel, inputs: StepInputs) -> tuple[list[Check], dict[str, Any]]:
     directions = load_directions(inputs.directions)
-    actual = {
-        "head_sha256": sha256_state_dict(head.state_dict()),
-        "encoder_sha256": sha256_state_dict(vae.encoder.state_dict()),
-        "decoder_sha256": sha256_state_dict(vae.decoder.state_dict()),
-        "sample_ids_sha256": sha256_bytes(canonical_json([s["id"] for s in certificate["samples"]])),
-    }
-    checks = []
-    for key, value in actual.items():
-        recorded = certificate["hashes"].get(key)
-        checks.append(Check(key, recorded == value, "matches" if recorded == value else f"recorded {str(recorded)[:12]}..., found {value[:12]}..."))
+    actual = {**audited.hashes, "sample_ids_sha256": sha256_bytes(canonical_json([s["id"] for s in certificate["samples"]]))}
+    recorded_mode = certificate.get("model", {}).get("mode", "latent")
+    same_mode = recorded_mode == audited.mode
+    checks = [Check("model mode", same_mode, audited.mode if same_mode else f"certificate is for mode {recorded_mode}, the config gives {audited.mode}")]
+    for key in sorted(set(actual) | set(certificate["hashes"])):
+        recorded, value = certificate["hashes"].get(key), actual.get(key)
+        good = recorded == value
+        detail = "matches" if good else f"recorded {str(recorded)[:12]}..., found {str(value)[:12]}..."
+        checks.append(Check(key, good, detail))
     for entry in certificate["directions"]:
         direction = directions.get(entry["name"])
         good = direction is not None and direction.sha256 == entry["sha256"]
         checks.append(Check(f"direction {entry['name']}", good, "matches" if good else "the direction vector differs or is missing"))
-    return checks, head, directions
+    return checks, directions
 
 
 def _aggregate_checks(certificate: dict[str, Any]) -> list[Check]:
@@ -113,7 +109,7 @@ def _aggregate_checks(certificate: dict[str, Any]) -> list[Check]:
     return [Check("aggregates", not bad, "figures and verdict follow from the samples" if not bad else f"inconsistent: {', '.join(bad)}")]
 
 
-def _reverify(certificate: dict[str, Any], head: torch.nn.Module, directions: dict[str, Any], inputs: StepInputs) -> list[Check]:
+def _reverify(certificate: dict[str, Any], network: torch.nn.Module, directions: dict[str, Any], inputs: StepInputs) -> list[Check]:
     try:
         settings = VerifyConfig.model_validate(certificate["settings"])
     except ValidationError as error:
@@ -128,7 +124,7 @@ def _reverify(certificate: dict[str, Any], head: torch.nn.Module, directions: di
     latents = latents_all[[row_of[s["id"]] for s in samples]]
     targets = np.array([s["target"] for s in samples], dtype=np.int64)
     matrix = np.stack([directions[d["name"]].vector for d in certificate["directions"]])
-    verifier = LineVerifier(head, matrix, torch.device("cpu"), settings.batch_size)
+    verifier = LineVerifier(network, matrix, torch.device("cpu"), settings.batch_size)
     checks = []
 
     recorded_verified = np.array([s["verdict"] == VERIFIED for s in samples])
@@ -157,12 +153,13 @@ def _reverify(certificate: dict[str, Any], head: torch.nn.Module, directions: di
     return checks
 
 
-def check_certificate(path: Path, inputs: StepInputs) -> list[Check]:
-    """Every check of one certificate; the certificate is valid when all of them pass."""
+def check_certificate(path: Path, model_settings: ModelConfig, inputs: StepInputs, base_dir: Path | None = None) -> list[Check]:
+    """Every check of one certificate against the models the config names; valid when all of them pass."""
     certificate = read_certificate(path)
     checks = _integrity(certificate)
-    hash_checks, head, directions = _hash_checks(certificate, inputs)
+    audited = build_audited_model(model_settings, inputs, base_dir)
+    hash_checks, directions = _hash_checks(certificate, audited, inputs)
     checks += hash_checks + _aggregate_checks(certificate)
     if all(c.passed for c in hash_checks):
-        checks += _reverify(certificate, head, directions, inputs)
+        checks += _reverify(certificate, audited.network, directions, inputs)
     return checks

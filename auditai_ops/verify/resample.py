@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auditai_ops.classifier.head import load_head
+from auditai_ops.config import ModelConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.layout import CERTIFICATES_DIR, StepInputs
+from auditai_ops.verify.audited_model import build_audited_model
 from auditai_ops.verify.engine import VERIFIED
 
 
@@ -30,10 +31,10 @@ class ResampleResult:
 
 
 @torch.no_grad()
-def resample_certificates(out_dir: Path, inputs: StepInputs, points: int = 1000, chunk: int = 64) -> list[ResampleResult]:
-    """Dense-sample every verified sample of every certificate under `out_dir/certificates`."""
+def resample_certificates(out_dir: Path, model_settings: ModelConfig, inputs: StepInputs, points: int = 1000, chunk: int = 64) -> list[ResampleResult]:
+    """Dense-sample every verified sample of every certificate under `out_dir/certificates` (decoded in pixel mode)."""
     out_dir = Path(out_dir)
-    head, _ = load_head(inputs.head)
+    network = build_audited_model(model_settings, inputs).network
     directions = load_directions(inputs.directions)
     with np.load(inputs.latents, allow_pickle=False) as stored:
         row_of = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}
@@ -51,7 +52,8 @@ def resample_certificates(out_dir: Path, inputs: StepInputs, points: int = 1000,
         for start in range(0, len(verified), chunk):
             batch = verified[start : start + chunk]
             z = latents[[row_of[s["id"]] for s in batch]]
-            predictions = head(z[:, None, :] + offsets[None, :, :]).argmax(dim=-1)
+            points_z = (z[:, None, :] + offsets[None, :, :]).reshape(-1, z.shape[1])
+            predictions = network(points_z).argmax(dim=-1).view(len(batch), -1)
             targets = torch.tensor([s["target"] for s in batch])
             contradicted += int((predictions != targets[:, None]).any(dim=1).sum())
         results.append(ResampleResult(path.name, len(verified), len(offsets), contradicted))

@@ -9,15 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from auditai_ops.classifier.head import load_head
-from auditai_ops.config import UnitTestConfig, VerifyConfig
+from auditai_ops.config import ModelConfig, UnitTestConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.errors import AuditInputError
-from auditai_ops.fileio import sha256_state_dict, write_json, write_text
-from auditai_ops.latent.mapping import load_vae
+from auditai_ops.fileio import write_json, write_text
 from auditai_ops.layout import CERTIFICATES_DIR, JUNIT_FILE, SUMMARY_FILE, StepInputs
 from auditai_ops.progress import progress
 from auditai_ops.report.render import junit_xml
+from auditai_ops.verify.audited_model import build_audited_model
 from auditai_ops.verify.certificate import write_certificate
 from auditai_ops.verify.counterexamples import save_counterexample_images
 from auditai_ops.verify.engine import resolve_device
@@ -53,29 +52,25 @@ def _row(test: ResolvedUnitTest) -> dict[str, Any]:
     }
 
 
-def verify_audit(tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, inputs: StepInputs, out_dir: Path) -> dict[str, Any]:
+def verify_audit(
+    tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, model_settings: ModelConfig, inputs: StepInputs, out_dir: Path, base_dir: Path | None = None
+) -> dict[str, Any]:
     """Prove or falsify every unit test; write certificates, `summary.json` and `junit.xml` to `out_dir`."""
     out_dir = Path(out_dir)
     if not tests:
         raise AuditInputError("unit_tests: no unit tests are configured; add at least one under 'unit_tests'")
     device = resolve_device(settings.device)
     resolved = resolve_unit_tests(tests, load_directions(inputs.directions))
-    head, _ = load_head(inputs.head)
-    vae, _ = load_vae(inputs.vae)
-    head = head.to(device)
+    audited = build_audited_model(model_settings, inputs, base_dir)
+    network = audited.network.to(device)
     samples = load_test_samples(inputs.latents, settings.seed)
-    model_hashes = {
-        "head_sha256": sha256_state_dict(head.state_dict()),
-        "encoder_sha256": sha256_state_dict(vae.encoder.state_dict()),
-        "decoder_sha256": sha256_state_dict(vae.decoder.state_dict()),
-    }
     rows = []
     for test in progress(iterable=resolved, desc="verify unit tests", unit="test"):
         row = _row(test)
         try:
-            result = run_unit_test(test, head, samples, settings, device)
-            images = save_counterexample_images(vae.decoder, result, out_dir)
-            path, certificate = write_certificate(result, model_hashes, settings, images, out_dir)
+            result = run_unit_test(test, network, samples, settings, device)
+            images = save_counterexample_images(audited.decoder, result, out_dir)
+            path, certificate = write_certificate(result, audited, settings, images, out_dir)
         except Exception as error:  # one broken unit test must not hide the others' results
             _LOGGER.exception("unit test '%s' could not run", test.spec.name)
             rows.append({**row, "verdict": ERROR, "error": f"{type(error).__name__}: {error}", "samples": 0})
@@ -97,7 +92,8 @@ def verify_audit(tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, inpu
         "kind": "auditai.summary",
         "verdict": ERROR if ERROR in verdicts else FAIL if FAIL in verdicts else PASS,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "models": model_hashes,
+        "model": audited.description,
+        "models": audited.hashes,
         "certificates_dir": CERTIFICATES_DIR,
         "unit_tests": rows,
     }

@@ -1,0 +1,72 @@
+"""The audited network as a function of the latent point: latent mode or pixel mode.
+
+latent mode: network(z) = head(z), the paper's setting (model = head o encoder, verified in
+latent space). pixel mode: network(z) = classifier(normalize(decoder(z))), with the decoder
+inside the bounded graph, so the guarantee covers the decoded images themselves; the
+classifier is the user's (TorchScript, ONNX, module:factory, MLflow URI) or, without one,
+head o encoder, which also covers the encoder that latent mode takes on trust. The network is
+one flat nn.Sequential of supported layers, for every bound backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from auditai_ops.classifier.head import load_head
+from auditai_ops.config import ModelConfig
+from auditai_ops.fileio import sha256_state_dict
+from auditai_ops.latent.mapping import load_vae
+from auditai_ops.layout import StepInputs
+from auditai_ops.verify.normalize import PerChannelNormalize
+
+
+@dataclass(frozen=True)
+class AuditedModel:
+    """`network` maps latent points (B, latent_dim) to logits; `hashes` name every weight file it depends on."""
+
+    mode: str
+    network: nn.Sequential
+    decoder: nn.Module
+    hashes: dict[str, str]
+    description: dict[str, Any]
+
+
+def flat_layers(module: nn.Module) -> list[nn.Module]:
+    """The leaves of nested nn.Sequential containers, in execution order."""
+    if isinstance(module, nn.Sequential):
+        return [leaf for child in module for leaf in flat_layers(child)]
+    return [module]
+
+
+def build_audited_model(settings: ModelConfig, inputs: StepInputs, base_dir: Path | None = None) -> AuditedModel:
+    """Load the generator and the classifier named by the config and compose the audited network."""
+    vae, _ = load_vae(inputs.vae)
+    hashes = {"encoder_sha256": sha256_state_dict(vae.encoder.state_dict()), "decoder_sha256": sha256_state_dict(vae.decoder.state_dict())}
+    description: dict[str, Any] = {"mode": settings.mode}
+    layers: list[nn.Module] = []
+    if settings.mode == "pixel":
+        layers += flat_layers(vae.decoder.layers)
+        if settings.normalization is not None:
+            layers.append(PerChannelNormalize(settings.normalization.mean, settings.normalization.std))
+            description["normalization"] = settings.normalization.model_dump(mode="json")
+    if settings.mode == "pixel" and settings.classifier is not None:
+        from auditai_ops.models.loading import load_model_detailed
+        from auditai_ops.models.source import parse_model_reference
+
+        source = parse_model_reference(settings.classifier, settings.weights, settings.factory_kwargs, base_dir)
+        loaded = load_model_detailed(source, input_shape=(1, vae.arch.image_height, vae.arch.image_width), trust_pickle=settings.trust_pickle)
+        layers += flat_layers(loaded.module)
+        hashes["classifier_sha256"] = loaded.weights_sha256
+        description.update({"classifier": settings.classifier, "route": loaded.route})
+    else:
+        head, _ = load_head(inputs.head)
+        if settings.mode == "pixel":
+            layers += [*flat_layers(vae.encoder.trunk), vae.encoder.mu]
+            description["classifier"] = "head o encoder"
+        layers += flat_layers(head)
+        hashes["head_sha256"] = sha256_state_dict(head.state_dict())
+    return AuditedModel(settings.mode, nn.Sequential(*layers).eval(), vae.decoder, hashes, description)
