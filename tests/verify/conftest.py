@@ -13,3 +13,11 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _auto_lirpa_imported() -> None:
+    """auto_LiRPA raises the recursion limit when first imported; do it before hypothesis watches the limit."""
+    from auditai_ops.verify.lirpa_compat import import_auto_lirpa
+
+    import_auto_lirpa()
