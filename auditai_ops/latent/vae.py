@@ -13,18 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-
-class ViewAs(nn.Module):
-    """`x.view(-1, *shape)`: keeps the batch dimension symbolic, so traced bound graphs accept any batch."""
-
-    auditai_reshape_only = True
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.shape = tuple(shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(-1, *self.shape)
+from auditai_ops.layers import ViewAs
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,10 @@ from torch import nn
 
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_state_dict
+from auditai_ops.layers import UnsupportedLayerError, check_supported
 from auditai_ops.models.onnx_convert import convert_onnx, load_onnx, reference_outputs, require_onnx
 from auditai_ops.models.source import PICKLE_SUFFIXES, TORCHSCRIPT_SUFFIXES, ModelSource, sniff_torch_file
 from auditai_ops.models.torchscript import NotRebuildable, rebuild_script_module
-from auditai_ops.verify.lirpa_compat import UnsupportedLayerError, check_supported
 
 __all__ = ["LoadedModel", "ModelMismatchError", "PickleLoadWarning", "load_model", "load_model_detailed", "weights_sha256"]
 

@@ -33,9 +33,7 @@ import torch
 from torch import nn
 
 from auditai_ops.errors import AuditInputError
-from auditai_ops.latent.vae import ViewAs
-from auditai_ops.verify.lirpa_compat import UnsupportedLayerError, check_supported
-from auditai_ops.verify.normalize import PerChannelNormalize
+from auditai_ops.layers import PerChannelNormalize, UnsupportedLayerError, ViewAs, check_supported
 
 if TYPE_CHECKING:
     import onnx

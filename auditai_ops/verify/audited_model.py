@@ -20,8 +20,8 @@ from auditai_ops.classifier.head import load_head
 from auditai_ops.config import ModelConfig
 from auditai_ops.fileio import sha256_state_dict
 from auditai_ops.latent.mapping import load_vae
+from auditai_ops.layers import PerChannelNormalize
 from auditai_ops.layout import StepInputs
-from auditai_ops.verify.normalize import PerChannelNormalize
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from auditai_ops.errors import AuditInputError
-from auditai_ops.verify.normalize import PerChannelNormalize
+from auditai_ops.layers import SUPPORTED_LAYERS, UnsupportedLayerError, check_supported
 
 if TYPE_CHECKING:
     from auto_LiRPA import BoundedModule
@@ -65,30 +64,6 @@ __all__ = [
 BoundMethod = Literal["IBP", "CROWN", "CROWN-IBP", "alpha-CROWN"]
 METHODS: tuple[BoundMethod, ...] = ("IBP", "CROWN", "CROWN-IBP", "alpha-CROWN")
 
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv2d,
-    nn.ConvTranspose2d,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.LeakyReLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Flatten,
-    nn.Identity,
-    PerChannelNormalize,
-    nn.Sequential,
-    nn.ModuleList,
-)
-"""Layer types whose bounds are tested (tests/verify/test_layer_soundness.py).
-
-Besides these, a module may declare `auditai_reshape_only = True` (its forward only
-reshapes, e.g. `x.view(-1, C, H, W)`) or `auditai_container = True` (its forward only
-combines its children with additions and matrix products by constants); the children of
-either are checked in turn.
-"""
-
 _LOGGER = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 _APPLIED: list[str] = []
@@ -96,55 +71,6 @@ _AUTO_LIRPA: types.ModuleType | None = None
 # auto_LiRPA 0.3's sparse-features alpha leaves stale indices behind (an indentation bug in
 # BoundRelu.init_opt_parameters) whenever a ReLU layer has too many unstable neurons.
 _DISABLE_SPARSE_FEATURES_ALPHA = False
-
-
-class UnsupportedLayerError(AuditInputError, ValueError):
-    """A model contains a layer that the verifier cannot bound (or not in this configuration)."""
-
-    def __init__(self, path: str, module: nn.Module, reason: str = "is not supported") -> None:
-        cls = type(module)
-        self.path = path
-        self.layer_type = f"{cls.__module__}.{cls.__qualname__}"
-        supported = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
-        super().__init__(
-            f"layer '{path}' ({self.layer_type}) {reason}. Supported layers: {supported}; "
-            "plus modules that declare auditai_reshape_only = True or auditai_container = True."
-        )
-
-
-def check_supported(model: nn.Module) -> None:
-    """Raise UnsupportedLayerError for the first module that bound propagation cannot handle.
-
-    Types are matched exactly (a subclass may override `forward`); a subclass that keeps
-    the semantics can declare `auditai_reshape_only` or `auditai_container` instead.
-    """
-    for path, module in model.named_modules():
-        where = path or "<root>"
-        flagged = getattr(module, "auditai_reshape_only", False) is True or (
-            getattr(module, "auditai_container", False) is True
-        )
-        if not flagged and type(module) not in SUPPORTED_LAYERS:
-            raise UnsupportedLayerError(where, module)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            raise UnsupportedLayerError(
-                where, module, "is in training mode (batch statistics); call model.eval() first"
-            )
-        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.padding_mode != "zeros":
-            raise UnsupportedLayerError(where, module, f"uses padding_mode={module.padding_mode!r}")
-        if isinstance(module, nn.ConvTranspose2d):
-            _check_conv_transpose(where, module)
-
-
-def _check_conv_transpose(where: str, module: nn.ConvTranspose2d) -> None:
-    """auto_LiRPA 0.3 bounds only square-kernel, equal-stride, undilated, ungrouped ones."""
-    k, s, d = module.kernel_size, module.stride, module.dilation
-    if module.groups != 1 or tuple(d) != (1, 1) or s[0] != s[1] or k[0] != k[1]:
-        raise UnsupportedLayerError(
-            where,
-            module,
-            f"has kernel {k}, stride {s}, dilation {d}, groups {module.groups}; only square "
-            "kernels, equal strides, dilation 1 and groups 1 are supported",
-        )
 
 
 def applied_patches() -> tuple[str, ...]:

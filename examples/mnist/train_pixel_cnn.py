@@ -60,7 +60,16 @@ def save(model: nn.Sequential, out: Path) -> tuple[Path, Path]:
     torch.jit.save(torch.jit.script(model), str(scripted))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), str(onnx_path), dynamo=False, opset_version=17, input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 28, 28),),
+            str(onnx_path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return scripted, onnx_path
 
 

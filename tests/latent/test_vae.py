@@ -8,8 +8,9 @@ from auditai_ops.config import LatentConfig
 from auditai_ops.errors import AuditInputError
 from auditai_ops.latent.mapping import decode, encode, load_vae, reconstruction_metrics, train_vae
 from auditai_ops.latent.vae import VAE, VAEArchitecture, vae_loss
+from auditai_ops.layers import check_supported
 from auditai_ops.modelio import save_module
-from auditai_ops.verify.lirpa_compat import build_bounded_module, check_supported
+from auditai_ops.verify.lirpa_compat import build_bounded_module
 
 ARCH = VAEArchitecture(image_height=12, image_width=12, latent_dim=4, channels=(4, 8))
 

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_state_dict
-from auditai_ops.latent.vae import ViewAs
+from auditai_ops.layers import PerChannelNormalize, ViewAs, check_supported
 from auditai_ops.models import (
     ModelMismatchError,
     ModelSource,
@@ -27,8 +27,7 @@ from auditai_ops.models import (
     parse_model_reference,
     weights_sha256,
 )
-from auditai_ops.verify.lirpa_compat import build_bounded_module, check_supported, compute_margin_lower_bounds
-from auditai_ops.verify.normalize import PerChannelNormalize
+from auditai_ops.verify.lirpa_compat import build_bounded_module, compute_margin_lower_bounds
 
 needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is not installed (pip install auditai-ops[onnx])")
 IMAGE = (1, 28, 28)

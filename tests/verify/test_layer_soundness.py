@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from auditai_ops.latent.vae import ViewAs
+from auditai_ops.layers import ViewAs
 from auditai_ops.verify.lirpa_compat import (
     METHODS,
     BoundMethod,

@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from auditai_ops.latent.vae import ViewAs
+from auditai_ops.layers import PerChannelNormalize, ViewAs
 from auditai_ops.verify.engine import FALSIFIED, VERIFIED, Budget, Falsifier, LineVerifier
-from auditai_ops.verify.normalize import PerChannelNormalize
 
 CPU = torch.device("cpu")
 
