@@ -190,6 +190,26 @@ class ModelConfig(_Section):
         return self
 
 
+class GeneratorConfig(_Section):
+    """A team's own generator instead of the VAE that `map-latents` trains.
+
+    `encoder` maps images (B, 1, H, W) in [0, 1] to latents (B, D) and `decoder` maps them
+    back; each is a TorchScript file, an ONNX file, 'package.module:factory' or an MLflow URI,
+    made of layers the verifier can bound.
+    """
+
+    encoder: str | None = None
+    decoder: str | None = None
+    image_shape: tuple[PositiveInt, PositiveInt] = (28, 28)
+    trust_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> GeneratorConfig:
+        if (self.encoder is None) != (self.decoder is None):
+            raise ValueError("give both 'encoder' and 'decoder', or neither (then map-latents trains the VAE)")
+        return self
+
+
 class InputsConfig(_Section):
     """Artifacts of earlier steps to read instead of those in the output folder (paths relative to the config)."""
 
@@ -204,6 +224,7 @@ class AuditConfig(_Section):
 
     inputs: InputsConfig = InputsConfig()
     model: ModelConfig = ModelConfig()
+    generator: GeneratorConfig = GeneratorConfig()
     data: DataConfig = DataConfig()
     latent: LatentConfig = LatentConfig()
     directions: DirectionsConfig = DirectionsConfig()

@@ -14,11 +14,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from auditai_ops.config import AuditConfig, InputsConfig, load_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.layout import DIRECTIONS_JSON, StepInputs, resolve_inputs
+
+if TYPE_CHECKING:
+    from auditai_ops.latent.generator import Generator
 
 EXIT_OK, EXIT_SPEC_FAILED, EXIT_ERROR = 0, 1, 2
 DEFAULT_OUT = Path("auditai-out")
@@ -38,6 +41,21 @@ def _inputs(args: argparse.Namespace) -> tuple[AuditConfig, StepInputs]:
     return config, resolve_inputs(args.out, config.inputs, base)
 
 
+def _generator(config: AuditConfig, inputs: StepInputs, base: Path | None) -> Generator:
+    from auditai_ops.models.generator import load_generator
+
+    return load_generator(config.generator, inputs.vae, base)
+
+
+def _own_generator(config: AuditConfig, base: Path | None) -> Generator | None:
+    """A team's own generator for map-latents; None means: train the VAE."""
+    if config.generator.encoder is None:
+        return None
+    from auditai_ops.models.generator import load_generator
+
+    return load_generator(config.generator, Path(), base)
+
+
 def _print_json(payload: dict[str, Any]) -> None:
     print(json.dumps(payload, indent=2, sort_keys=True, default=str))
 
@@ -46,7 +64,7 @@ def cmd_map_latents(args: argparse.Namespace) -> int:
     from auditai_ops.latent.mapping import map_latents
 
     config, base = _config_and_base(args)
-    artifacts = map_latents(config.data, config.latent, args.out, base)
+    artifacts = map_latents(config.data, config.latent, args.out, base, _own_generator(config, base))
     _print_json({"vae": artifacts.vae_path, "latents": artifacts.latents_path, "reconstructions": artifacts.reconstruction_png, **artifacts.metrics})
     return EXIT_OK
 
@@ -55,8 +73,9 @@ def cmd_discover_directions(args: argparse.Namespace) -> int:
     from auditai_ops.directions.discover import discover_directions
     from auditai_ops.layout import DIRECTIONS_DIR
 
-    config, inputs = _inputs(args)
-    directions = discover_directions(config.directions, inputs.vae, inputs.latents, args.out)
+    config, base = _config_and_base(args)
+    inputs = resolve_inputs(args.out, config.inputs, base)
+    directions = discover_directions(config.directions, _generator(config, inputs, base), inputs.latents, args.out)
     record = json.loads((Path(args.out) / DIRECTIONS_DIR / DIRECTIONS_JSON).read_text())["directions"]
     for name, direction in directions.items():
         effect = record[name]["effect"]
@@ -81,7 +100,7 @@ def _verify_and_report(config: AuditConfig, inputs: StepInputs, out: Path, base:
     from auditai_ops.report.render import console_table
     from auditai_ops.verify.step import verify_audit
 
-    summary = verify_audit(config.unit_tests, config.verify, config.model, inputs, out, base)
+    summary = verify_audit(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, out, base)
     print(console_table(summary))
     print(f"\ncertificates, summary.json and junit.xml are in {out}")
     return {"pass": EXIT_OK, "fail": EXIT_SPEC_FAILED}.get(summary["verdict"], EXIT_ERROR)
@@ -107,8 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolve_device(config.verify.device)  # fail before training, not after it
     inputs = resolve_inputs(args.out, config.inputs, base)
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base)),
-        ("discover-directions", lambda: discover_directions(config.directions, inputs.vae, inputs.latents, args.out)),
+        ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base, _own_generator(config, base))),
+        ("discover-directions", lambda: discover_directions(config.directions, _generator(config, inputs, base), inputs.latents, args.out)),
         ("train-classifier", lambda: train_classifier(config.classifier, inputs.latents, args.out)),
     ]
     for name, step in steps:
@@ -127,7 +146,7 @@ def cmd_certificate_check(args: argparse.Namespace) -> int:
     inputs = resolve_inputs(args.out, config.inputs, base)
     all_passed = True
     for path in args.certificates:
-        checks = check_certificate(path, config.model, inputs, base)
+        checks = check_certificate(path, config.model, _generator(config, inputs, base), inputs, base)
         passed = all(c.passed for c in checks)
         all_passed &= passed
         print(f"{path}: {'VALID' if passed else 'INVALID'}")

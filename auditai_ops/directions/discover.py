@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from auditai_ops.config import DirectionsConfig
 from auditai_ops.data.attributes import ATTRIBUTE_UNITS, measure_attributes
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_array, write_json, write_npz
-from auditai_ops.latent.mapping import decode, load_vae
-from auditai_ops.latent.vae import Decoder
+from auditai_ops.latent.generator import Generator
+from auditai_ops.latent.mapping import decode
 from auditai_ops.layout import DIRECTIONS_DIR, DIRECTIONS_JSON, VECTORS_FILE
 from auditai_ops.report.images import save_grid_png
 
@@ -63,7 +64,7 @@ def r_squared(prediction: np.ndarray, target: np.ndarray) -> float:
     return 1.0 - residual / total if total > 0 else 0.0
 
 
-def measured_effect(decoder: Decoder, latents: np.ndarray, vector: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
+def measured_effect(decoder: nn.Module, latents: np.ndarray, vector: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
     """Mean of every attribute of decode(z + t d) over the sample z, for each t in `steps`."""
     moved = latents[None, :, :] + steps[:, None, None] * vector[None, None, :]
     images = decode(decoder, moved.reshape(-1, latents.shape[1]).astype(np.float32))
@@ -95,9 +96,8 @@ def _effect_evidence(target: str | None, steps: np.ndarray, means: dict[str, np.
     return evidence
 
 
-def discover_directions(settings: DirectionsConfig, vae_path: Path, latents_path: Path, out_dir: Path) -> dict[str, Direction]:
+def discover_directions(settings: DirectionsConfig, generator: Generator, latents_path: Path, out_dir: Path) -> dict[str, Direction]:
     """Fit, calibrate and document every direction; write `directions.json`, vectors and traversal strips."""
-    vae, _ = load_vae(vae_path)
     try:
         with np.load(latents_path, allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
@@ -125,7 +125,7 @@ def discover_directions(settings: DirectionsConfig, vae_path: Path, latents_path
         if norm == 0.0:
             raise AuditInputError(f"directions.attributes: attribute '{attribute}' is not predictable from the latents (probe weights are zero)")
         vector = weights / norm
-        means = measured_effect(vae.decoder, effect_z, vector, steps)
+        means = measured_effect(generator.decoder, effect_z, vector, steps)
         if not np.isfinite(means[attribute]).all():
             raise AuditInputError(
                 f"directions.attributes: '{attribute}' cannot be measured on decoded images (they have no foreground above "
@@ -148,7 +148,7 @@ def discover_directions(settings: DirectionsConfig, vae_path: Path, latents_path
     for index in range(settings.pca_components):
         vector = components[index] * np.sign(components[index][np.argmax(np.abs(components[index]))])
         name = f"pca{index + 1}"
-        means = measured_effect(vae.decoder, effect_z, vector, steps)
+        means = measured_effect(generator.decoder, effect_z, vector, steps)
         directions[name] = Direction(name, "pca", vector.astype(np.float32), "latent", None)
         records[name] = {"explained_variance_ratio": float(explained[index]), "effect": _effect_evidence(None, steps, means, spread)}
 
@@ -157,7 +157,7 @@ def discover_directions(settings: DirectionsConfig, vae_path: Path, latents_path
     strip_steps = np.linspace(-settings.effect_max_step, settings.effect_max_step, settings.strip_points)
     for name, direction in directions.items():
         moved = strip_z[:, None, :] + strip_steps[None, :, None] * direction.vector[None, None, :].astype(np.float64)
-        images = decode(vae.decoder, moved.reshape(-1, strip_z.shape[1]).astype(np.float32))
+        images = decode(generator.decoder, moved.reshape(-1, strip_z.shape[1]).astype(np.float32))
         save_grid_png(images.reshape(len(strip_z), len(strip_steps), *images.shape[1:]), folder / f"traversal_{name}.png")
         records[name].update(
             {"kind": direction.kind, "units": direction.units, "calibration": direction.calibration, "vector_sha256": direction.sha256, "traversal_png": f"traversal_{name}.png"}

@@ -1,8 +1,9 @@
-"""The `map-latents` step: train the VAE generator, report reconstruction, encode the dataset.
+"""The `map-latents` step: train the VAE generator (or take a team's own), report reconstruction, encode the dataset.
 
-Writes into `<out>/latent/`: `vae.safetensors` + `vae.json` (architecture, metrics),
-`reconstructions.png` (originals above reconstructions) and `latents.npz` with, per split,
-the posterior means `<split>_z`, labels, sample ids and measured attributes.
+Writes into `<out>/latent/`: `vae.safetensors` + `vae.json` (architecture, metrics) when
+it trains the VAE, `reconstructions.png` (originals above reconstructions) and `latents.npz`
+with, per split, the latents `<split>_z` (the VAE's posterior means), labels, sample ids
+and measured attributes.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from auditai_ops.config import DataConfig, LatentConfig
 from auditai_ops.data.cache import split_attributes
 from auditai_ops.data.datasets import SPLITS, Dataset, load_dataset
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import write_npz
-from auditai_ops.latent.vae import VAE, Decoder, Encoder, VAEArchitecture, vae_loss
+from auditai_ops.latent.generator import Generator, vae_generator
+from auditai_ops.latent.vae import VAE, VAEArchitecture, vae_loss
 from auditai_ops.layout import LATENT_DIR, LATENTS_FILE, RECONSTRUCTIONS_PNG, VAE_FILE
 from auditai_ops.modelio import load_module, save_module
 from auditai_ops.progress import progress as progress_bar
@@ -29,7 +32,7 @@ from auditai_ops.report.images import save_grid_png
 
 @dataclass(frozen=True)
 class LatentArtifacts:
-    vae_path: Path
+    vae_path: Path | None
     latents_path: Path
     reconstruction_png: Path
     metrics: dict[str, float]
@@ -65,22 +68,22 @@ def train_vae(images: np.ndarray, arch: VAEArchitecture, settings: LatentConfig)
 
 
 @torch.no_grad()
-def encode(encoder: Encoder, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def encode(encoder: nn.Module, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     """Posterior means mu(x) for images (N, H, W)."""
     data = torch.from_numpy(images).unsqueeze(1)
     return torch.cat([encoder(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]).numpy()
 
 
 @torch.no_grad()
-def decode(decoder: Decoder, latents: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def decode(decoder: nn.Module, latents: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     """Decoded images (N, H, W) for latents (N, D)."""
     data = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
     return torch.cat([decoder(data[i : i + batch_size]) for i in range(0, len(data), batch_size)])[:, 0].numpy()
 
 
-def reconstruction_metrics(vae: VAE, images: np.ndarray) -> dict[str, float]:
-    """Mean squared error per pixel and mean binary cross-entropy per image of mu-reconstructions."""
-    reconstructed = decode(vae.decoder, encode(vae.encoder, images))
+def reconstruction_metrics(generator: Generator, images: np.ndarray) -> dict[str, float]:
+    """Mean squared error per pixel and mean binary cross-entropy per image of decode(encode(x))."""
+    reconstructed = decode(generator.decoder, encode(generator.encoder, images))
     clipped = np.clip(reconstructed, 1e-6, 1 - 1e-6)
     bce = -(images * np.log(clipped) + (1 - images) * np.log(1 - clipped)).sum(axis=(1, 2))
     return {"reconstruction_mse_per_pixel": float(np.mean((reconstructed - images) ** 2)), "reconstruction_bce_per_image": float(bce.mean())}
@@ -93,34 +96,40 @@ def load_vae(path: Path) -> tuple[VAE, dict[str, Any]]:
     return module, record
 
 
-def map_latents(data: DataConfig, settings: LatentConfig, out_dir: Path, base_dir: Path | None = None) -> LatentArtifacts:
-    """Train the generator on the training split, save it, and encode every split into `latents.npz`."""
+def map_latents(data: DataConfig, settings: LatentConfig, out_dir: Path, base_dir: Path | None = None, generator: Generator | None = None) -> LatentArtifacts:
+    """Train the VAE on the training split and save it (unless a `generator` is given), then encode every split into `latents.npz`."""
     started = time.perf_counter()
     dataset: Dataset = load_dataset(data.dataset, base_dir)
     train = dataset.train.head(data.train_limit)
     height, width = train.images.shape[1:]
-    arch = VAEArchitecture(height, width, settings.latent_dim, settings.channels)
-    if len(train) < settings.batch_size:
-        raise AuditInputError(f"latent.batch_size: {settings.batch_size} is larger than the training split ({len(train)} images)")
-    vae = train_vae(train.images, arch, settings)
-
-    test = dataset.test.head(data.test_limit)
-    metrics = reconstruction_metrics(vae, test.images)
-    metrics["train_seconds"] = time.perf_counter() - started
     folder = Path(out_dir) / LATENT_DIR
-    vae_path = folder / VAE_FILE
-    record = {"dataset": dataset.name, "num_classes": dataset.num_classes, "training": settings.model_dump(mode="json"), "metrics": metrics}
-    save_module(vae, vae_path, "vae", arch.as_dict(), record)
+    test = dataset.test.head(data.test_limit)
+    vae_path: Path | None = None
+    if generator is None:
+        arch = VAEArchitecture(height, width, settings.latent_dim, settings.channels)
+        if len(train) < settings.batch_size:
+            raise AuditInputError(f"latent.batch_size: {settings.batch_size} is larger than the training split ({len(train)} images)")
+        vae = train_vae(train.images, arch, settings)
+        generator = vae_generator(vae)
+        metrics = reconstruction_metrics(generator, test.images)
+        metrics["train_seconds"] = time.perf_counter() - started
+        vae_path = folder / VAE_FILE
+        record = {"dataset": dataset.name, "num_classes": dataset.num_classes, "training": settings.model_dump(mode="json"), "metrics": metrics}
+        save_module(vae, vae_path, "vae", arch.as_dict(), record)
+    elif generator.image_shape != (height, width):
+        raise AuditInputError(f"generator.image_shape: {list(generator.image_shape)} differs from the dataset's images, {height}x{width}")
+    else:
+        metrics = reconstruction_metrics(generator, test.images)
 
     shown = test.images[:12]
-    reconstructed = decode(vae.decoder, encode(vae.encoder, shown))
+    reconstructed = decode(generator.decoder, encode(generator.encoder, shown))
     png = folder / RECONSTRUCTIONS_PNG
     save_grid_png(np.stack([shown, reconstructed]), png)
 
     arrays: dict[str, np.ndarray] = {}
     for name in SPLITS:
         split = dataset.split(name).head(data.train_limit if name != "test" else data.test_limit)
-        arrays[f"{name}_z"] = encode(vae.encoder, split.images)
+        arrays[f"{name}_z"] = encode(generator.encoder, split.images)
         arrays[f"{name}_labels"] = split.labels
         arrays[f"{name}_ids"] = split.ids.astype(str)
         for attr, values in split_attributes(split).items():

@@ -19,7 +19,7 @@ from torch import nn
 from auditai_ops.classifier.head import load_head
 from auditai_ops.config import ModelConfig
 from auditai_ops.fileio import sha256_state_dict
-from auditai_ops.latent.mapping import load_vae
+from auditai_ops.latent.generator import Generator, flat_layers
 from auditai_ops.layers import PerChannelNormalize
 from auditai_ops.layout import StepInputs
 
@@ -35,21 +35,13 @@ class AuditedModel:
     description: dict[str, Any]
 
 
-def flat_layers(module: nn.Module) -> list[nn.Module]:
-    """The leaves of nested nn.Sequential containers, in execution order."""
-    if isinstance(module, nn.Sequential):
-        return [leaf for child in module for leaf in flat_layers(child)]
-    return [module]
-
-
-def build_audited_model(settings: ModelConfig, inputs: StepInputs, base_dir: Path | None = None) -> AuditedModel:
-    """Load the generator and the classifier named by the config and compose the audited network."""
-    vae, _ = load_vae(inputs.vae)
-    hashes = {"encoder_sha256": sha256_state_dict(vae.encoder.state_dict()), "decoder_sha256": sha256_state_dict(vae.decoder.state_dict())}
+def build_audited_model(settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None = None) -> AuditedModel:
+    """Load the classifier named by the config and compose the audited network with the generator."""
+    hashes = dict(generator.hashes)
     description: dict[str, Any] = {"mode": settings.mode}
     layers: list[nn.Module] = []
     if settings.mode == "pixel":
-        layers += flat_layers(vae.decoder.layers)
+        layers += flat_layers(generator.decoder)
         if settings.normalization is not None:
             layers.append(PerChannelNormalize(settings.normalization.mean, settings.normalization.std))
             description["normalization"] = settings.normalization.model_dump(mode="json")
@@ -58,15 +50,15 @@ def build_audited_model(settings: ModelConfig, inputs: StepInputs, base_dir: Pat
         from auditai_ops.models.source import parse_model_reference
 
         source = parse_model_reference(settings.classifier, settings.weights, settings.factory_kwargs, base_dir)
-        loaded = load_model_detailed(source, input_shape=(1, vae.arch.image_height, vae.arch.image_width), trust_pickle=settings.trust_pickle)
+        loaded = load_model_detailed(source, input_shape=(1, *generator.image_shape), trust_pickle=settings.trust_pickle)
         layers += flat_layers(loaded.module)
         hashes["classifier_sha256"] = loaded.weights_sha256
         description.update({"classifier": settings.classifier, "route": loaded.route})
     else:
         head, _ = load_head(inputs.head)
         if settings.mode == "pixel":
-            layers += [*flat_layers(vae.encoder.trunk), vae.encoder.mu]
+            layers += flat_layers(generator.encoder)
             description["classifier"] = "head o encoder"
         layers += flat_layers(head)
         hashes["head_sha256"] = sha256_state_dict(head.state_dict())
-    return AuditedModel(settings.mode, nn.Sequential(*layers).eval(), vae.decoder, hashes, description)
+    return AuditedModel(settings.mode, nn.Sequential(*layers).eval(), generator.decoder, hashes, description)

@@ -28,6 +28,7 @@ from auditai_ops.config import ModelConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import canonical_json, sha256_bytes
+from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import StepInputs
 from auditai_ops.verify.audited_model import AuditedModel, build_audited_model
 from auditai_ops.verify.certificate import SIGNING_KEY_ENV, content_hash, signature, signing_key
@@ -153,11 +154,11 @@ def _reverify(certificate: dict[str, Any], network: torch.nn.Module, directions:
     return checks
 
 
-def check_certificate(path: Path, model_settings: ModelConfig, inputs: StepInputs, base_dir: Path | None = None) -> list[Check]:
+def check_certificate(path: Path, model_settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None = None) -> list[Check]:
     """Every check of one certificate against the models the config names; valid when all of them pass."""
     certificate = read_certificate(path)
     checks = _integrity(certificate)
-    audited = build_audited_model(model_settings, inputs, base_dir)
+    audited = build_audited_model(model_settings, generator, inputs, base_dir)
     hash_checks, directions = _hash_checks(certificate, audited, inputs)
     checks += hash_checks + _aggregate_checks(certificate)
     if all(c.passed for c in hash_checks):

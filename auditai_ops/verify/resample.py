@@ -17,6 +17,7 @@ import torch
 
 from auditai_ops.config import ModelConfig
 from auditai_ops.directions.discover import load_directions
+from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import CERTIFICATES_DIR, StepInputs
 from auditai_ops.verify.audited_model import build_audited_model
 from auditai_ops.verify.engine import VERIFIED
@@ -31,10 +32,10 @@ class ResampleResult:
 
 
 @torch.no_grad()
-def resample_certificates(out_dir: Path, model_settings: ModelConfig, inputs: StepInputs, points: int = 1000, chunk: int = 64) -> list[ResampleResult]:
+def resample_certificates(out_dir: Path, model_settings: ModelConfig, generator: Generator, inputs: StepInputs, points: int = 1000, chunk: int = 64) -> list[ResampleResult]:
     """Dense-sample every verified sample of every certificate under `out_dir/certificates` (decoded in pixel mode)."""
     out_dir = Path(out_dir)
-    network = build_audited_model(model_settings, inputs).network
+    network = build_audited_model(model_settings, generator, inputs).network
     directions = load_directions(inputs.directions)
     with np.load(inputs.latents, allow_pickle=False) as stored:
         row_of = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}

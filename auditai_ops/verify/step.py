@@ -13,6 +13,7 @@ from auditai_ops.config import ModelConfig, UnitTestConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import write_json, write_text
+from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import CERTIFICATES_DIR, JUNIT_FILE, SUMMARY_FILE, StepInputs
 from auditai_ops.progress import progress
 from auditai_ops.report.render import junit_xml
@@ -53,7 +54,13 @@ def _row(test: ResolvedUnitTest) -> dict[str, Any]:
 
 
 def verify_audit(
-    tests: tuple[UnitTestConfig, ...], settings: VerifyConfig, model_settings: ModelConfig, inputs: StepInputs, out_dir: Path, base_dir: Path | None = None
+    tests: tuple[UnitTestConfig, ...],
+    settings: VerifyConfig,
+    model_settings: ModelConfig,
+    generator: Generator,
+    inputs: StepInputs,
+    out_dir: Path,
+    base_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Prove or falsify every unit test; write certificates, `summary.json` and `junit.xml` to `out_dir`."""
     out_dir = Path(out_dir)
@@ -61,7 +68,7 @@ def verify_audit(
         raise AuditInputError("unit_tests: no unit tests are configured; add at least one under 'unit_tests'")
     device = resolve_device(settings.device)
     resolved = resolve_unit_tests(tests, load_directions(inputs.directions))
-    audited = build_audited_model(model_settings, inputs, base_dir)
+    audited = build_audited_model(model_settings, generator, inputs, base_dir)
     network = audited.network.to(device)
     samples = load_test_samples(inputs.latents, settings.seed)
     rows = []

@@ -13,9 +13,10 @@ import torch
 
 from auditai_ops.classifier.head import load_head
 from auditai_ops.cli.main import main
-from auditai_ops.config import InputsConfig, ModelConfig
+from auditai_ops.config import GeneratorConfig, InputsConfig, ModelConfig
 from auditai_ops.fileio import canonical_json, sha256_bytes
 from auditai_ops.layout import resolve_inputs
+from auditai_ops.models.generator import load_generator
 from auditai_ops.verify.certificate import content_hash
 from auditai_ops.verify.resample import resample_certificates
 
@@ -68,7 +69,8 @@ def test_certificate_contents_and_hashes(small_run: Path) -> None:
 
 def test_verified_samples_survive_dense_sampling(small_run: Path) -> None:
     """1,000 evenly spaced t across the verified interval never flip a verified prediction."""
-    results = resample_certificates(small_run, ModelConfig(), resolve_inputs(small_run, InputsConfig()), points=1000)
+    inputs = resolve_inputs(small_run, InputsConfig())
+    results = resample_certificates(small_run, ModelConfig(), load_generator(GeneratorConfig(), inputs.vae), inputs, points=1000)
     assert len(results) == 3
     assert sum(r.verified_samples for r in results) > 300
     assert [r.contradicted_samples for r in results] == [0, 0, 0]
@@ -134,7 +136,8 @@ def test_dense_resampling_catches_a_false_verified_claim(small_run_copy: Path) -
     assert falsified, "the small run has falsified samples to plant"
     falsified[0]["verdict"] = "verified"
     path.write_text(json.dumps(certificate))
-    by_name = {r.certificate: r for r in resample_certificates(small_run_copy, ModelConfig(), resolve_inputs(small_run_copy, InputsConfig()))}
+    inputs = resolve_inputs(small_run_copy, InputsConfig())
+    by_name = {r.certificate: r for r in resample_certificates(small_run_copy, ModelConfig(), load_generator(GeneratorConfig(), inputs.vae), inputs)}
     assert by_name["slant_small.json"].contradicted_samples == 1
 
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from auditai_ops.cli.main import main
-from auditai_ops.config import InputsConfig, ModelConfig
+from auditai_ops.config import GeneratorConfig, InputsConfig, ModelConfig
 from auditai_ops.layout import resolve_inputs
+from auditai_ops.models.generator import load_generator
 from auditai_ops.verify.resample import resample_certificates
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mnist"
@@ -60,7 +61,9 @@ def test_torchscript_and_onnx_certificates_agree(small_run: Path, cnn_files: tup
     bounds = [(a["margin_lower_bound"], b["margin_lower_bound"]) for a, b in zip(from_script["samples"], from_onnx["samples"], strict=True)]
     assert all(a is None and b is None or abs(a - b) < 1e-3 for a, b in bounds)
     for out, classifier in ((tmp_path / "ts", scripted), (tmp_path / "onnx", onnx_file)):
-        results = resample_certificates(out, ModelConfig(mode="pixel", classifier=str(classifier)), resolve_inputs(small_run, InputsConfig()), points=200)
+        inputs = resolve_inputs(small_run, InputsConfig())
+        generator = load_generator(GeneratorConfig(), inputs.vae)
+        results = resample_certificates(out, ModelConfig(mode="pixel", classifier=str(classifier)), generator, inputs, points=200)
         assert [r.contradicted_samples for r in results] == [0]
 
 

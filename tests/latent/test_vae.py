@@ -6,6 +6,7 @@ import torch
 
 from auditai_ops.config import LatentConfig
 from auditai_ops.errors import AuditInputError
+from auditai_ops.latent.generator import vae_generator
 from auditai_ops.latent.mapping import decode, encode, load_vae, reconstruction_metrics, train_vae
 from auditai_ops.latent.vae import VAE, VAEArchitecture, vae_loss
 from auditai_ops.layers import check_supported
@@ -34,9 +35,9 @@ def test_shapes_and_loss() -> None:
 
 def test_training_reduces_reconstruction_error() -> None:
     images = _bars(256)
-    untrained = reconstruction_metrics(VAE(ARCH).eval(), images)
+    untrained = reconstruction_metrics(vae_generator(VAE(ARCH).eval()), images)
     trained = train_vae(images, ARCH, LatentConfig(latent_dim=4, channels=(4, 8), epochs=15, batch_size=32, learning_rate=5e-3))
-    after = reconstruction_metrics(trained, images)
+    after = reconstruction_metrics(vae_generator(trained), images)
     assert after["reconstruction_mse_per_pixel"] < 0.5 * untrained["reconstruction_mse_per_pixel"]
 
 

@@ -9,8 +9,9 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from auditai_ops.cli.main import main
-from auditai_ops.config import InputsConfig, ModelConfig
+from auditai_ops.config import GeneratorConfig, InputsConfig, ModelConfig
 from auditai_ops.layout import resolve_inputs
+from auditai_ops.models.generator import load_generator
 from auditai_ops.verify.certificate import SIGNING_KEY_ENV
 from auditai_ops.verify.check import check_certificate
 
@@ -20,7 +21,8 @@ def _certificate(run: Path) -> Path:
 
 
 def _failed(run: Path) -> dict[str, str]:
-    checks = check_certificate(_certificate(run), ModelConfig(), resolve_inputs(run, InputsConfig()))
+    inputs = resolve_inputs(run, InputsConfig())
+    checks = check_certificate(_certificate(run), ModelConfig(), load_generator(GeneratorConfig(), inputs.vae), inputs)
     return {c.name: c.detail for c in checks if not c.passed}
 
 
@@ -79,11 +81,11 @@ def test_hmac_signature(small_run_copy: Path, monkeypatch: pytest.MonkeyPatch) -
     path = small_run_copy / "certificates" / "signed.json"
     assert json.loads(path.read_text())["signature"]["algorithm"] == "hmac-sha256"
     inputs = resolve_inputs(small_run_copy, InputsConfig())
-    assert all(c.passed for c in check_certificate(path, ModelConfig(), inputs))
+    assert all(c.passed for c in check_certificate(path, ModelConfig(), load_generator(GeneratorConfig(), inputs.vae), inputs))
     monkeypatch.setenv(SIGNING_KEY_ENV, "another key")
-    assert {c.name for c in check_certificate(path, ModelConfig(), inputs) if not c.passed} == {"signature"}
+    assert {c.name for c in check_certificate(path, ModelConfig(), load_generator(GeneratorConfig(), inputs.vae), inputs) if not c.passed} == {"signature"}
     monkeypatch.delenv(SIGNING_KEY_ENV)
-    assert {c.name for c in check_certificate(path, ModelConfig(), inputs) if not c.passed} == {"signature"}
+    assert {c.name for c in check_certificate(path, ModelConfig(), load_generator(GeneratorConfig(), inputs.vae), inputs) if not c.passed} == {"signature"}
 
 
 def test_not_a_certificate_is_bad_input(tmp_path: Path, small_run: Path) -> None:
