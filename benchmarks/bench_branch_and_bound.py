@@ -1,0 +1,60 @@
+"""The unknown fraction against the branch-and-bound budget, on a finished audit run.
+
+For one direction and range (default: slant within +-10 degrees) on the run's test
+samples, runs the verifier with max_pieces = 1, 2, 4, ..., 64 and prints, from one run each,
+the certified, falsified and unknown fractions and the wall time. Latent mode by default;
+--pixel audits head o encoder through the decoder.
+Run: .venv/bin/python benchmarks/bench_branch_and_bound.py --run runs/mnist [--samples 1000] [--pixel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auditai_ops.config import GeneratorConfig, InputsConfig, ModelConfig, RangeConfig, UnitTestConfig
+from auditai_ops.directions.discover import load_directions
+from auditai_ops.layout import resolve_inputs
+from auditai_ops.models.generator import load_generator
+from auditai_ops.verify.audited_model import build_audited_model
+from auditai_ops.verify.engine import FALSIFIED, UNKNOWN, VERIFIED, Budget, Falsifier, LineVerifier
+from auditai_ops.verify.step import load_test_samples
+from auditai_ops.verify.unit_tests import resolve_unit_tests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("runs/mnist"))
+    parser.add_argument("--direction", default="slant")
+    parser.add_argument("--low", type=float, default=-10.0)
+    parser.add_argument("--high", type=float, default=10.0)
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--methods", nargs="+", default=["IBP", "CROWN"])
+    parser.add_argument("--pixel", action="store_true")
+    args = parser.parse_args()
+
+    inputs = resolve_inputs(args.run, InputsConfig())
+    generator = load_generator(GeneratorConfig(), inputs.vae)
+    network = build_audited_model(ModelConfig(mode="pixel" if args.pixel else "latent"), generator, inputs).network
+    spec = UnitTestConfig(name="bench", direction=(args.direction,), range=(RangeConfig(low=args.low, high=args.high),))
+    test = resolve_unit_tests((spec,), load_directions(inputs.directions))[0]
+    samples = load_test_samples(inputs.latents, seed=0).first(args.samples)
+    targets = samples.labels
+    verifier = LineVerifier(network, test.matrix, torch.device("cpu"), batch_size=1024)
+    mode = "pixel" if args.pixel else "latent"
+    print(f"{args.direction} in [{args.low:g}, {args.high:g}] = latent [{test.t_low[0]:.3f}, {test.t_high[0]:.3f}], {len(targets)} samples, {mode} mode, methods {args.methods}")
+    print(f"{'max_pieces':>10s} {'certified':>10s} {'falsified':>10s} {'unknown':>8s} {'seconds':>8s}")
+    for budget in (1, 2, 4, 8, 16, 32, 64):
+        started = time.perf_counter()
+        out = verifier.verify(samples.latents, targets, test.t_low, test.t_high, args.methods, Falsifier(), Budget(budget, float("inf")), 1e-5)
+        seconds = time.perf_counter() - started
+        fractions = [float(np.mean(out.verdicts == v)) for v in (VERIFIED, FALSIFIED, UNKNOWN)]
+        print(f"{budget:10d} {fractions[0]:10.3f} {fractions[1]:10.3f} {fractions[2]:8.3f} {seconds:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
