@@ -19,7 +19,7 @@ from auditai_ops.errors import AuditInputError
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-BoundMethod = Literal["IBP", "CROWN", "CROWN-IBP", "alpha-CROWN"]
+BoundMethod = Literal["forward", "forward+backward", "IBP", "CROWN", "CROWN-IBP", "alpha-CROWN"]
 
 
 class _Section(BaseModel):
@@ -121,7 +121,7 @@ class UnitTestConfig(_Section):
 class VerifyConfig(_Section):
     """How unit tests are proved: bound methods in order, counterexample search, branch-and-bound budget, device."""
 
-    methods: tuple[BoundMethod, ...] = ("IBP", "CROWN")
+    methods: tuple[BoundMethod, ...] = ("forward", "forward+backward")
     refine_method: BoundMethod | None = None
     samples: PositiveInt = 1000
     batch_size: PositiveInt = 1024

@@ -9,7 +9,8 @@ Per sample, in batches:
    signed-gradient descent on the margin inside the box; a point with a negative margin is a
    counterexample, re-confirmed by a separate plain forward pass;
 2. branch and bound: lower-bound every margin on each open piece of the box with each bound
-   method in turn (cheap first); pieces whose min_j lower bound exceeds `min_margin` are
+   method in turn (cheap first: bounds linear in t, see auditai_ops.verify.linear_bounds, or
+   auto_LiRPA's IBP / CROWN / CROWN-IBP / alpha-CROWN); pieces whose min_j lower bound exceeds `min_margin` are
    proved. Unproved pieces are searched for counterexamples, then split in two along their
    widest axis (relative to the box), all pieces of all samples in one batch, until every
    piece is proved, a counterexample is found, or the budget (pieces per sample, seconds)
@@ -32,9 +33,13 @@ from torch import nn
 
 from auditai_ops.errors import AuditInputError
 from auditai_ops.verify.line_model import LatentLine
+from auditai_ops.verify.linear_bounds import latent_line_input
+from auditai_ops.verify.linear_bounds import margin_lower_bounds as linear_margin_lower_bounds
 from auditai_ops.verify.lirpa_compat import build_bounded_module, compute_margin_lower_bounds
 
 VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
+LINEAR_METHODS = ("forward", "forward+backward")
+"""Bounds linear in t (auditai_ops.verify.linear_bounds): forward mode, and forward mode plus CROWN's back-substitution."""
 
 
 @dataclass(frozen=True)
@@ -307,6 +312,10 @@ class LineVerifier:
             part = pieces.keep(np.arange(first, min(first + self.batch_size, len(pieces.owner))))
             z, y, low, high = self._rows(z_all, y_all, part, outward=True)
             spec = margin_specification(y, self.num_classes)
-            bounds = compute_margin_lower_bounds(self._bounded_module(), ((low + high) / 2, z), low, high, spec, method)
+            if method in LINEAR_METHODS:
+                line = latent_line_input(z, self.directions)
+                bounds = linear_margin_lower_bounds(self.line.head, line, spec, low, high, back_substitute=method == "forward+backward")
+            else:
+                bounds = compute_margin_lower_bounds(self._bounded_module(), ((low + high) / 2, z), low, high, spec, method)
             results.append(bounds.min(dim=1).values.detach().cpu().numpy().astype(np.float64))
         return np.concatenate(results) if results else np.zeros(0)

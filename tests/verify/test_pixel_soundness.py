@@ -17,6 +17,7 @@ from auditai_ops.layers import PerChannelNormalize, ViewAs
 from auditai_ops.verify.engine import FALSIFIED, VERIFIED, Budget, Falsifier, LineVerifier
 
 CPU = torch.device("cpu")
+PIXEL_METHODS = [("IBP", "CROWN"), ("CROWN-IBP",), ("CROWN",), ("forward",), ("forward", "forward+backward")]
 
 
 def random_pixel_network(seed: int) -> nn.Sequential:
@@ -70,8 +71,8 @@ def _assert_sound(network: nn.Module, direction: np.ndarray, latents: np.ndarray
     return out.verdicts
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 1000), half_width=st.floats(0.05, 1.5), methods=st.sampled_from([("IBP", "CROWN"), ("CROWN-IBP",), ("CROWN",)]))
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 1000), half_width=st.floats(0.05, 1.5), methods=st.sampled_from(PIXEL_METHODS))
 def test_pixel_networks_are_never_contradicted(seed: int, half_width: float, methods: tuple[str, ...]) -> None:
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=4)

@@ -45,11 +45,11 @@ def _check(seed: int, half_width: float, methods: tuple[str, ...], hidden: tuple
     return {v: int(np.sum(out.verdicts == v)) for v in (VERIFIED, FALSIFIED)}
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=24, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),
     half_width=st.floats(0.01, 2.0),
-    methods=st.sampled_from([("IBP",), ("CROWN",), ("IBP", "CROWN"), ("CROWN-IBP",), ("alpha-CROWN",)]),
+    methods=st.sampled_from([("IBP",), ("CROWN",), ("IBP", "CROWN"), ("CROWN-IBP",), ("alpha-CROWN",), ("forward",), ("forward+backward",), ("forward", "forward+backward")]),
     hidden=st.sampled_from([(16,), (32, 32), (8, 8, 8)]),
 )
 def test_verified_never_contradicted_by_sampling(seed: int, half_width: float, methods: tuple[str, ...], hidden: tuple[int, ...]) -> None:
