@@ -125,9 +125,9 @@ class VerifyConfig(_Section):
     refine_method: BoundMethod | None = None
     samples: PositiveInt = 1000
     batch_size: PositiveInt = 1024
-    falsify_grid: Annotated[int, Field(ge=2)] = 65
-    falsify_steps: Annotated[int, Field(ge=0)] = 20
-    falsify_restarts: PositiveInt = 4
+    falsify_grid: Annotated[int, Field(ge=2)] = 33
+    falsify_steps: Annotated[int, Field(ge=0)] = 10
+    falsify_restarts: PositiveInt = 2
     max_pieces: PositiveInt = 64
     seconds_per_test: Annotated[float, Field(gt=0.0)] = 300.0
     min_margin: NonNegativeFloat = 1e-5

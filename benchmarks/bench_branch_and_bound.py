@@ -2,9 +2,10 @@
 
 For one direction and range (default: slant within +-10 degrees) on the run's test
 samples, runs the verifier with max_pieces = 1, 2, 4, ..., 64 and prints, from one run each,
-the certified, falsified and unknown fractions and the wall time. Latent mode by default;
---pixel audits head o encoder through the decoder.
-Run: .venv/bin/python benchmarks/bench_branch_and_bound.py --run runs/mnist [--samples 1000] [--pixel]
+the certified, falsified and unknown fractions, the wall time and samples per second. Latent
+mode by default; --pixel audits head o encoder through the decoder (samples per second
+through the decoder); --device cuda runs it on the GPU.
+Run: .venv/bin/python benchmarks/bench_branch_and_bound.py --run runs/mnist [--samples 1000] [--pixel] [--device cuda]
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from auditai_ops.config import GeneratorConfig, InputsConfig, ModelConfig, RangeConfig, UnitTestConfig
+from auditai_ops.config import GeneratorConfig, InputsConfig, ModelConfig, RangeConfig, UnitTestConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.layout import resolve_inputs
 from auditai_ops.models.generator import load_generator
 from auditai_ops.verify.audited_model import build_audited_model
-from auditai_ops.verify.engine import FALSIFIED, UNKNOWN, VERIFIED, Budget, Falsifier, LineVerifier
+from auditai_ops.verify.engine import FALSIFIED, UNKNOWN, VERIFIED, Budget, Falsifier, LineVerifier, resolve_device
 from auditai_ops.verify.step import load_test_samples
 from auditai_ops.verify.unit_tests import resolve_unit_tests
 
@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--low", type=float, default=-10.0)
     parser.add_argument("--high", type=float, default=10.0)
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--methods", nargs="+", default=["IBP", "CROWN"])
+    parser.add_argument("--methods", nargs="+", default=list(VerifyConfig().methods))
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--pixel", action="store_true")
     args = parser.parse_args()
 
@@ -44,16 +45,16 @@ def main() -> None:
     test = resolve_unit_tests((spec,), load_directions(inputs.directions))[0]
     samples = load_test_samples(inputs.latents, seed=0).first(args.samples)
     targets = samples.labels
-    verifier = LineVerifier(network, test.matrix, torch.device("cpu"), batch_size=1024)
+    verifier = LineVerifier(network, test.matrix, resolve_device(args.device), batch_size=1024)
     mode = "pixel" if args.pixel else "latent"
     print(f"{args.direction} in [{args.low:g}, {args.high:g}] = latent [{test.t_low[0]:.3f}, {test.t_high[0]:.3f}], {len(targets)} samples, {mode} mode, methods {args.methods}")
-    print(f"{'max_pieces':>10s} {'certified':>10s} {'falsified':>10s} {'unknown':>8s} {'seconds':>8s}")
+    print(f"{'max_pieces':>10s} {'certified':>10s} {'falsified':>10s} {'unknown':>8s} {'seconds':>8s} {'samples/s':>10s}")
     for budget in (1, 2, 4, 8, 16, 32, 64):
         started = time.perf_counter()
         out = verifier.verify(samples.latents, targets, test.t_low, test.t_high, args.methods, Falsifier(), Budget(budget, float("inf")), 1e-5)
         seconds = time.perf_counter() - started
         fractions = [float(np.mean(out.verdicts == v)) for v in (VERIFIED, FALSIFIED, UNKNOWN)]
-        print(f"{budget:10d} {fractions[0]:10.3f} {fractions[1]:10.3f} {fractions[2]:8.3f} {seconds:8.1f}")
+        print(f"{budget:10d} {fractions[0]:10.3f} {fractions[1]:10.3f} {fractions[2]:8.3f} {seconds:8.1f} {len(targets) / seconds:10.1f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Throughput and tightness of each bound method on the latent-mode verification problem.
 
 Head 16-256-256-10 (random weights, fixed seed), batch 4096, one direction, t in
-[-0.5, 0.5]. For each method prints, from one run: throughput as a ratio to a plain forward
-pass of the same head and batch, and the mean width (upper - lower) of the margin bounds,
-next to the empirical width from 1,000 sampled t. Runs on CUDA too with --device cuda.
+[-0.5, 0.5]. For each bound method the verifier offers (ours, linear in t: forward and
+forward+backward; auto_LiRPA: IBP, CROWN, CROWN-IBP, alpha-CROWN) prints, from one run:
+throughput as a ratio to a plain forward pass of the same head and batch, and the mean width
+(upper - lower) of the worst margin's bounds, next to the empirical width from 1,000 sampled
+t. Runs on CUDA too with --device cuda. benchmarks/bench_linear_bounds.py adds splitting and
+pixel mode; benchmarks/bench_branch_and_bound.py the whole verifier.
 Run: .venv/bin/python benchmarks/bench_verify.py [--device cuda] [--batch 4096]
 """
 
@@ -16,8 +19,10 @@ import numpy as np
 import torch
 
 from auditai_ops.classifier.head import build_head
-from auditai_ops.verify.engine import margin_specification, margins
+from auditai_ops.verify.engine import LINEAR_METHODS, margin_specification, margins
 from auditai_ops.verify.line_model import LatentLine
+from auditai_ops.verify.linear_bounds import latent_line_input
+from auditai_ops.verify.linear_bounds import margin_lower_bounds as linear_margin_lower_bounds
 from auditai_ops.verify.lirpa_compat import METHODS, build_bounded_module, compute_margin_lower_bounds
 
 
@@ -62,8 +67,10 @@ def main() -> None:
     print(f"empirical width of the worst margin (1,000 sampled t): {empirical:.4f}")
     print(f"{'method':12s} {'time (ms)':>10s} {'throughput/forward':>19s} {'mean width':>11s}")
     bounded = build_bounded_module(line, (centre[:2], z[:2]), device)
-    for method in METHODS:
+    for method in (*LINEAR_METHODS, *METHODS):
         def lower(sign: float, method: str = method) -> torch.Tensor:
+            if method in LINEAR_METHODS:
+                return linear_margin_lower_bounds(head, latent_line_input(z, direction), sign * spec, low, high, back_substitute=method == "forward+backward")
             return compute_margin_lower_bounds(bounded, (centre, z), low, high, sign * spec, method)
 
         seconds = _timed(lambda: lower(1.0), 1 if method == "alpha-CROWN" else 3, device)

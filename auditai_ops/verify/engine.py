@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -205,6 +205,7 @@ class LineVerifier:
         record(self._falsify(z_all, y_all, whole, falsifier.grid_points, falsifier), "search")
         open_pieces = whole.keep(verdicts[whole.owner] != FALSIFIED)
         scale = np.where(t_high > t_low, t_high - t_low, 1.0)
+        within_pieces = replace(falsifier, steps=min(falsifier.steps, 5), restarts=1)  # the whole box was searched thoroughly already
         while len(open_pieces.owner):
             piece_lower = np.full(len(open_pieces.owner), -np.inf)
             piece_rank = np.full(len(open_pieces.owner), -1)
@@ -220,7 +221,7 @@ class LineVerifier:
             open_pieces, piece_lower = open_pieces.keep(~proved), piece_lower[~proved]
             if not len(open_pieces.owner):
                 break
-            record(self._falsify(z_all, y_all, open_pieces, 3, falsifier), "search")
+            record(self._falsify(z_all, y_all, open_pieces, 3, within_pieces), "search")
             alive = verdicts[open_pieces.owner] != FALSIFIED
             open_pieces, piece_lower = open_pieces.keep(alive), piece_lower[alive]
             open_count = np.bincount(open_pieces.owner, minlength=count)
