@@ -55,6 +55,22 @@ def read_record(path: Path) -> dict[str, Any]:
     return record
 
 
+def load_safetensors_into(module: nn.Module, path: Path, mismatch: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors state_dict into `module` strictly; a bad file or a mismatch is bad input."""
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise AuditInputError(f"model weights '{path}': file not found") from None
+    except (OSError, SafetensorError) as error:
+        raise AuditInputError(f"model weights '{path}': cannot be read as safetensors ({error})") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise AuditInputError(f"model weights '{path}': {mismatch} ({first_line})") from None
+    return state
+
+
 def load_module(path: Path, kind: str, build: Callable[[dict[str, Any]], nn.Module]) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a module with `build(architecture)` and load its safetensors weights strictly."""
     path = Path(path)
@@ -65,14 +81,7 @@ def load_module(path: Path, kind: str, build: Callable[[dict[str, Any]], nn.Modu
         module = build(record["architecture"])
     except (TypeError, KeyError, ValueError) as error:
         raise AuditInputError(f"model record '{path.with_suffix('.json')}': bad architecture ({error})") from None
-    try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as error:
-        raise AuditInputError(f"model weights '{path}': cannot be read as safetensors ({error})") from None
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise AuditInputError(f"model weights '{path}': do not match the recorded architecture ({error})") from None
+    state = load_safetensors_into(module, path, "do not match the recorded architecture")
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise AuditInputError(f"model weights '{path}': tensor '{name}' contains NaN or infinite values")

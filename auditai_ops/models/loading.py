@@ -40,6 +40,7 @@ from torch import nn
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_state_dict
 from auditai_ops.layers import UnsupportedLayerError, check_supported
+from auditai_ops.modelio import load_safetensors_into
 from auditai_ops.models.onnx_convert import convert_onnx, load_onnx, reference_outputs, require_onnx
 from auditai_ops.models.source import PICKLE_SUFFIXES, TORCHSCRIPT_SUFFIXES, ModelSource, sniff_torch_file
 from auditai_ops.models.torchscript import NotRebuildable, rebuild_script_module
@@ -216,24 +217,12 @@ def _load_factory(source: ModelSource, shape: tuple[int, ...], trust_pickle: boo
 
 
 def _load_safetensors_into(module: nn.Module, path: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if path.suffix != ".safetensors":
         raise AuditInputError(
             f"model weights '{path}': expected a .safetensors file (convert a state_dict with "
             "safetensors.torch.save_file(torch.load(path, weights_only=True), 'weights.safetensors'))"
         )
-    try:
-        state = load_file(str(path))
-    except FileNotFoundError:
-        raise AuditInputError(f"model weights '{path}': file not found") from None
-    except (OSError, SafetensorError) as error:
-        raise AuditInputError(f"model weights '{path}': cannot be read as safetensors ({error})") from None
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise AuditInputError(f"model weights '{path}': do not fit the factory's module ({_first_line(error)})") from None
+    load_safetensors_into(module, path, "do not fit the factory's module")
 
 
 def _load_auditai(source: ModelSource, shape: tuple[int, ...], trust_pickle: bool) -> _Loaded:

@@ -34,13 +34,7 @@ IMAGE = (1, 28, 28)
 LATENT = (4,)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny nets: one thread is as fast, and immune to oversubscribed CPUs (auto_LiRPA builds slow down 100x there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_cnn(seed: int = 0) -> nn.Sequential:
