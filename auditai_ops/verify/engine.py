@@ -213,7 +213,7 @@ class LineVerifier:
                 unproved = piece_lower <= min_margin
                 if not unproved.any():
                     break
-                piece_lower[unproved] = np.fmax(piece_lower[unproved], self._lower_bound(z_all, y_all, open_pieces.keep(unproved), method))
+                piece_lower[unproved] = np.fmax(piece_lower[unproved], self._lower_bound(z_all, y_all, open_pieces.keep(unproved), method, min_margin))
                 piece_rank[unproved & (piece_lower > min_margin)] = rank
             proved = piece_lower > min_margin
             close(open_pieces.keep(proved), piece_lower[proved], None)
@@ -228,7 +228,7 @@ class LineVerifier:
             out_of_time = time.perf_counter() - started > budget.seconds
             exhausted = out_of_time | (pieces_used[open_pieces.owner] + open_count[open_pieces.owner] > budget.max_pieces)
             if exhausted.any() and refine_method is not None:
-                refined = self._lower_bound(z_all, y_all, open_pieces.keep(exhausted), refine_method)
+                refined = self._lower_bound(z_all, y_all, open_pieces.keep(exhausted), refine_method, min_margin)
                 piece_lower[exhausted] = np.fmax(piece_lower[exhausted], refined)
                 now_proved = exhausted & (piece_lower > min_margin)
                 close(open_pieces.keep(now_proved), piece_lower[now_proved], len(methods))
@@ -306,8 +306,11 @@ class LineVerifier:
             t = torch.minimum(torch.maximum(t.detach() - size * gradient.sign(), low[:, None, :]), high[:, None, :])
         return torch.cat([grid, t.detach()], dim=1)
 
-    def _lower_bound(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, method: str) -> np.ndarray:
-        """min_j of the lower bounds of the margins on each piece, in batches of `batch_size` pieces."""
+    def _lower_bound(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, method: str, min_margin: float) -> np.ndarray:
+        """min_j of the lower bounds of the margins on each piece, in batches of `batch_size` pieces.
+
+        forward+backward back-substitutes only the margins that forward mode leaves <= min_margin.
+        """
         results = []
         for first in range(0, len(pieces.owner), self.batch_size):
             part = pieces.keep(np.arange(first, min(first + self.batch_size, len(pieces.owner))))
@@ -315,7 +318,8 @@ class LineVerifier:
             spec = margin_specification(y, self.num_classes)
             if method in LINEAR_METHODS:
                 line = latent_line_input(z, self.directions)
-                bounds = linear_margin_lower_bounds(self.line.head, line, spec, low, high, back_substitute=method == "forward+backward")
+                backward = method == "forward+backward"
+                bounds = linear_margin_lower_bounds(self.line.head, line, spec, low, high, back_substitute=backward, refine_below=min_margin if backward else None)
             else:
                 bounds = compute_margin_lower_bounds(self._bounded_module(), ((low + high) / 2, z), low, high, spec, method)
             results.append(bounds.min(dim=1).values.detach().cpu().numpy().astype(np.float64))

@@ -740,6 +740,20 @@ def _propagate(flat: Layers, state: _State, interval: bool, spec: Spec | None, t
     return state
 
 
+def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs: _State, refine_below: float | None) -> torch.Tensor:
+    """max(forward, back-substituted) lower bounds [N, S], back-substituting the rows that `refine_below` selects (all for None)."""
+    if refine_below is None:
+        return torch.maximum(low, _backward(tape, C, pieces, inputs))
+    per_sample = low.reshape(-1, pieces, C.shape[1]).amin(dim=1)  # [B, S]
+    rows = int((per_sample <= refine_below).sum(dim=1).max())
+    if rows == 0:
+        return low
+    selected = per_sample.topk(rows, dim=1, largest=False).indices  # [B, r]: the lowest rows of each sample
+    chosen = C.gather(1, selected[..., None].expand(-1, -1, C.shape[2]))
+    refined = _backward(tape, chosen, pieces, inputs)  # [N, r]
+    return low.scatter_reduce(1, selected.repeat_interleave(pieces, dim=0), refined, reduce="amax")
+
+
 def _backward(tape: Tape, C: torch.Tensor, pieces: int, inputs: _State) -> torch.Tensor:
     """CROWN's back-substitution of the specification C through the recorded layers: lower bounds [N, S].
 
@@ -940,6 +954,7 @@ def margin_lower_bounds(
     pieces: int | Sequence[int] = 1,
     interval: bool = False,
     back_substitute: bool = False,
+    refine_below: float | None = None,
     max_boxes: int | None = None,
 ) -> torch.Tensor:
     """Lower bounds [B, S] of C[b] @ f(x_b(t)) over the boxes t_low <= t <= t_high, for C [B, S, n_out].
@@ -950,6 +965,10 @@ def margin_lower_bounds(
     layer, transposed) using the forward pass's intermediate intervals, and keep the larger bound.
     Much tighter on deep networks (forward bounds lose where relaxation errors of one layer meet
     weights of mixed signs in the next), at the cost of S more rows per layer.
+    refine_below: with back_substitute, back-substitute only the rows whose forward lower bound
+    (over all pieces of the sample) is <= refine_below, padded to the same count r for every
+    sample of a chunk; the other rows keep their forward bound, which is sound. A verifier that
+    needs every row > 0 passes its margin here and pays for r rows instead of S.
     """
     if C.dim() != 3 or C.shape[0] != input_bounds.batch:
         raise ValueError(f"C must have shape [B={input_bounds.batch}, S, n_out], got {tuple(C.shape)}")
@@ -957,7 +976,7 @@ def margin_lower_bounds(
     out = []
     itemsize = input_bounds.lower_bias.element_size()
     for part in _chunks(input_bounds.batch, _pieces_count(pieces, input_bounds.k), max_boxes, input_bounds.k, largest, itemsize):
-        out.append(_margin_lower_bounds(flat, _rows(input_bounds, part), C[part], t_low[part], t_high[part], pieces, interval, back_substitute))
+        out.append(_margin_lower_bounds(flat, _rows(input_bounds, part), C[part], t_low[part], t_high[part], pieces, interval, back_substitute, refine_below))
     return torch.cat(out)
 
 
@@ -970,6 +989,7 @@ def _margin_lower_bounds(
     pieces: int | Sequence[int],
     interval: bool,
     back_substitute: bool,
+    refine_below: float | None,
 ) -> torch.Tensor:
     grouping = _group_samples(C)
     runs = None
@@ -983,7 +1003,7 @@ def _margin_lower_bounds(
     state = _propagate(flat, state, interval, (C, count, runs), tape)
     low, _ = _finish(state)
     if tape is not None:
-        low = torch.maximum(low, _backward(tape, C, count, inputs))
+        low = _refine(low, tape, C, count, inputs, refine_below)
     bounds = low.reshape(-1, count, C.shape[1]).amin(dim=1)
     if grouping is None:
         return bounds

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from auditai_ops.latent.vae import VAE, Decoder, Encoder, VAEArchitecture, ViewAs
-from auditai_ops.layers import PerChannelNormalize
+from auditai_ops.latent.vae import VAE, Decoder, Encoder, VAEArchitecture
+from auditai_ops.layers import PerChannelNormalize, UnsupportedLayerError, ViewAs
 from auditai_ops.verify import linear_bounds as lb
 from auditai_ops.verify.engine import margin_specification
 from auditai_ops.verify.line_model import LatentLine
@@ -35,7 +35,7 @@ from auditai_ops.verify.linear_bounds import (
     output_bounds,
     split_box,
 )
-from auditai_ops.verify.lirpa_compat import UnsupportedLayerError, build_bounded_module, compute_margin_lower_bounds
+from auditai_ops.verify.lirpa_compat import build_bounded_module, compute_margin_lower_bounds
 
 TOL = 1e-5
 SAMPLES = 1000
@@ -529,3 +529,21 @@ def test_concretize_and_validation() -> None:
         AffineBounds(coeff, bias, coeff, torch.zeros(2))
     with pytest.raises(ValueError):
         output_bounds(nn.Sequential(nn.Linear(1, 1)), affine_input(torch.zeros(1, 1), torch.ones(1, 1, 1)), torch.ones(1, 1), torch.zeros(1, 1))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, float("inf")])
+def test_back_substituting_only_the_unproved_rows(threshold: float) -> None:
+    """refine_below keeps the forward bound on rows above it and gives the full back-substituted bound on the others."""
+    model = _model("ReLU")
+    inputs, t_low, t_high, z, directions = _problem(6, 1, batch=64)
+    targets = _outputs(model, z, directions, _sample_t(t_low, t_high))[0].argmax(dim=1)
+    C = margin_specification(targets, 4)
+    forward = margin_lower_bounds(model, inputs, C, t_low, t_high)
+    full = margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True)
+    partial = margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True, refine_below=threshold)
+    assert bool((partial >= forward - 1e-6).all()) and bool((partial <= full + 1e-6).all())
+    needed = forward <= threshold
+    torch.testing.assert_close(partial[needed], full[needed], rtol=0, atol=1e-5)
+    if threshold == float("inf"):
+        torch.testing.assert_close(partial, full, rtol=0, atol=1e-6)
+    assert bool(((full > threshold) == (partial > threshold)).all()), "the same rows are proved above the threshold"
