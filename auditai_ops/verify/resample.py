@@ -32,10 +32,12 @@ class ResampleResult:
 
 
 @torch.no_grad()
-def resample_certificates(out_dir: Path, model_settings: ModelConfig, generator: Generator, inputs: StepInputs, points: int = 1000, chunk: int = 64) -> list[ResampleResult]:
+def resample_certificates(
+    out_dir: Path, model_settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None = None, points: int = 1000, chunk: int = 64
+) -> list[ResampleResult]:
     """Dense-sample every verified sample of every certificate under `out_dir/certificates` (decoded in pixel mode)."""
     out_dir = Path(out_dir)
-    network = build_audited_model(model_settings, generator, inputs).network
+    network = build_audited_model(model_settings, generator, inputs, base_dir).network
     directions = load_directions(inputs.directions)
     with np.load(inputs.latents, allow_pickle=False) as stored:
         row_of = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}
