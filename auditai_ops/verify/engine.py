@@ -195,11 +195,11 @@ class LineVerifier:
         proof_rank = np.full(count, -1, dtype=np.int64)
         given_up = np.zeros(count, dtype=bool)
 
-        def close(pieces: _Pieces, bounds: np.ndarray, rank: int | None) -> None:
-            """Make pieces leaves: their bounds enter the samples' margin lower bounds."""
+        def close(pieces: _Pieces, bounds: np.ndarray, proved_by: np.ndarray | None) -> None:
+            """Make pieces leaves: their bounds enter the samples' margin lower bounds (and, when proved, the method ranks)."""
             np.minimum.at(lower, pieces.owner, bounds)
-            if rank is not None:
-                np.maximum.at(proof_rank, pieces.owner, rank)
+            if proved_by is not None:
+                np.maximum.at(proof_rank, pieces.owner, proved_by)
 
         whole = _Pieces(np.arange(count), np.tile(t_low, (count, 1)), np.tile(t_high, (count, 1)))
         record(self._falsify(z_all, y_all, whole, falsifier.grid_points, falsifier), "search")
@@ -216,8 +216,7 @@ class LineVerifier:
                 piece_lower[unproved] = np.fmax(piece_lower[unproved], self._lower_bound(z_all, y_all, open_pieces.keep(unproved), method, min_margin))
                 piece_rank[unproved & (piece_lower > min_margin)] = rank
             proved = piece_lower > min_margin
-            close(open_pieces.keep(proved), piece_lower[proved], None)
-            np.maximum.at(proof_rank, open_pieces.owner[proved], piece_rank[proved])
+            close(open_pieces.keep(proved), piece_lower[proved], piece_rank[proved])
             open_pieces, piece_lower = open_pieces.keep(~proved), piece_lower[~proved]
             if not len(open_pieces.owner):
                 break
@@ -231,7 +230,7 @@ class LineVerifier:
                 refined = self._lower_bound(z_all, y_all, open_pieces.keep(exhausted), refine_method, min_margin)
                 piece_lower[exhausted] = np.fmax(piece_lower[exhausted], refined)
                 now_proved = exhausted & (piece_lower > min_margin)
-                close(open_pieces.keep(now_proved), piece_lower[now_proved], len(methods))
+                close(open_pieces.keep(now_proved), piece_lower[now_proved], np.full(int(now_proved.sum()), len(methods)))
                 open_pieces, piece_lower, exhausted = open_pieces.keep(~now_proved), piece_lower[~now_proved], exhausted[~now_proved]
             stopped = np.isin(open_pieces.owner, open_pieces.owner[exhausted])
             given_up[open_pieces.owner[stopped]] = True

@@ -161,3 +161,24 @@ def test_float32_box_rounding_directions() -> None:
     assert outer[0][0] <= low[0] and outer[1][0] >= high[0]
     assert inner[0][0] >= low[0] and inner[1][0] <= high[0]
     assert outer[0].dtype == np.float32 and inner[1].dtype == np.float32
+
+
+def _absolute_value_head() -> nn.Module:
+    """Margin 1.2 - |t| with |t| = relu(t) + relu(-t): IBP bounds |t| on [-1, 1] by 2, CROWN by 1."""
+    first = nn.Linear(1, 2)
+    second = nn.Linear(2, 2)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        first.bias.zero_()
+        second.weight.copy_(torch.tensor([[-1.0, -1.0], [0.0, 0.0]]))
+        second.bias.copy_(torch.tensor([1.2, 0.0]))
+    return nn.Sequential(first, nn.ReLU(), second).eval()
+
+
+def test_refine_method_gets_one_last_try_on_exhausted_pieces() -> None:
+    verifier = LineVerifier(_absolute_value_head(), np.array([1.0]), CPU, batch_size=8)
+    args = (np.zeros((1, 1), np.float32), np.zeros(1, np.int64), np.array([-1.0]), np.array([1.0]), ("IBP",), GRID_ONLY, Budget(max_pieces=1), 1e-5)
+    assert verifier.verify(*args).verdicts.tolist() == [UNKNOWN]
+    refined = verifier.verify(*args, refine_method="CROWN")
+    assert refined.verdicts.tolist() == [VERIFIED] and refined.decided_by.tolist() == ["CROWN"]
+    assert refined.margin_lower_bounds[0] == pytest.approx(0.2, abs=1e-5)
