@@ -11,7 +11,3 @@ from __future__ import annotations
 class AuditInputError(Exception):
     """Bad input that the user can fix. The message names the file or field and what was expected."""
 
-
-def describe_path(path: object) -> str:
-    """A path as it should appear in an error message."""
-    return f"'{path}'"
