@@ -125,6 +125,7 @@ class VerifyConfig(_Section):
     refine_method: BoundMethod | None = None
     samples: PositiveInt = 1000
     batch_size: PositiveInt = 1024
+    block_size: PositiveInt = 256
     falsify_grid: Annotated[int, Field(ge=2)] = 33
     falsify_steps: Annotated[int, Field(ge=0)] = 10
     falsify_restarts: PositiveInt = 2

@@ -24,6 +24,7 @@ HEAD_FILE = "head.safetensors"
 CERTIFICATES_DIR = "certificates"
 SUMMARY_FILE = "summary.json"
 JUNIT_FILE = "junit.xml"
+SHARDS_DIR = "shards"
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,21 @@ fails, 2 bad input or an error. Bad input is reported in one line, without a tra
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from auditai_ops.config import AuditConfig, InputsConfig, load_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.layout import DIRECTIONS_JSON, StepInputs, resolve_inputs
+from auditai_ops.steps import with_device
 
 if TYPE_CHECKING:
     from auditai_ops.latent.generator import Generator
@@ -29,10 +33,7 @@ DEFAULT_OUT = Path("auditai-out")
 
 def _config_and_base(args: argparse.Namespace) -> tuple[AuditConfig, Path | None]:
     path = args.config
-    config = load_config(path)
-    if getattr(args, "device", None):
-        verify = config.verify.model_validate({**config.verify.model_dump(), "device": args.device})
-        config = config.model_copy(update={"verify": verify})
+    config = with_device(load_config(path), getattr(args, "device", None))
     return config, (Path(path).resolve().parent if path else None)
 
 
@@ -103,12 +104,37 @@ def _verify_and_report(config: AuditConfig, inputs: StepInputs, out: Path, base:
     summary = verify_audit(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, out, base)
     print(console_table(summary))
     print(f"\ncertificates, summary.json and junit.xml are in {out}")
+    return _exit_code(summary)
+
+
+def _exit_code(summary: dict[str, Any]) -> int:
     return {"pass": EXIT_OK, "fail": EXIT_SPEC_FAILED}.get(summary["verdict"], EXIT_ERROR)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     config, base = _config_and_base(args)
-    return _verify_and_report(config, resolve_inputs(args.out, config.inputs, base), args.out, base)
+    inputs = resolve_inputs(args.out, config.inputs, base)
+    if args.shard is None:
+        return _verify_and_report(config, inputs, args.out, base)
+    from auditai_ops.verify.step import verify_shard
+    from auditai_ops.verify.unit_tests import Shard
+
+    path = verify_shard(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, Shard.parse(args.shard), args.out, base)
+    print(f"shard written to {path}; combine all shards with `auditai merge`")
+    return EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from auditai_ops.report.render import console_table
+    from auditai_ops.verify.step import find_shard_files, merge_shards
+
+    config, base = _config_and_base(args)
+    inputs = resolve_inputs(args.out, config.inputs, base)
+    shard_files = find_shard_files(args.shards or [args.out])
+    summary = merge_shards(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, shard_files, args.out, base)
+    print(console_table(summary))
+    print(f"\nmerged {len(shard_files)} shards; certificates, summary.json and junit.xml are in {args.out}")
+    return _exit_code(summary)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -155,6 +181,29 @@ def cmd_certificate_check(args: argparse.Namespace) -> int:
     return EXIT_OK if all_passed else EXIT_SPEC_FAILED
 
 
+def checkout_module(name: str) -> ModuleType:
+    """A module of this repository's checkout outside the library (pipelines/), found from $AUDITAI_REPO, the working directory or the package's own checkout."""
+    relative = Path(*name.split(".")).with_suffix(".py")
+    candidates = [Path(os.environ["AUDITAI_REPO"])] if os.environ.get("AUDITAI_REPO") else []
+    candidates += [Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[2]]
+    root = next((c for c in candidates if (c / relative).is_file()), None)
+    if root is None:
+        raise AuditInputError(f"{relative}: not found; run `auditai kfp` inside the auditai-ops repository or set AUDITAI_REPO to it")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        raise AuditInputError(f"{relative}: needs the package '{error.name}' (install the kfp extra: pip install 'auditai-ops[kfp]')") from None
+
+
+def cmd_kfp(args: list[str]) -> int:
+    kfp_cli = checkout_module("pipelines.kfp_cli")
+    parser = argparse.ArgumentParser(prog="auditai kfp", description="Kubeflow Pipelines: compile, submit, schedule, or run the audit pipeline locally.")
+    kfp_cli.add_arguments(parser)
+    return kfp_cli.main(parser.parse_args(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="auditai", description="Verified semantic unit tests for deep-learning models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -171,7 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     step("map-latents", cmd_map_latents, "train the VAE generator and encode the dataset into latents.npz")
     step("discover-directions", cmd_discover_directions, "find calibrated semantic directions in latent space")
     step("train-classifier", cmd_train_classifier, "train the audited classifier head on the latents")
-    step("verify", cmd_verify, "prove or falsify every unit test; write certificates, summary.json, junit.xml", device=True)
+    verify = step("verify", cmd_verify, "prove or falsify every unit test; write certificates, summary.json, junit.xml", device=True)
+    verify.add_argument("--shard", default=None, metavar="i/N", help="verify only shard i of N (0-based) into OUT/shards/; combine with `auditai merge`")
+    merge = step("merge", cmd_merge, "combine the shard files of `verify --shard` into certificates, summary.json, junit.xml")
+    merge.add_argument("shards", nargs="*", type=Path, metavar="SHARDS", help="shard files or folders holding them (default: OUT/shards)")
     run = step("run", cmd_run, "run every step end to end into --out", device=True)
     run.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG", help="YAML config (same as --config)")
 
@@ -186,14 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, default=None, help="YAML config whose 'inputs' name the models (default: those under --out)")
     check.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"audit folder holding the models (default: {DEFAULT_OUT})")
     check.set_defaults(handler=cmd_certificate_check)
+
+    sub.add_parser("kfp", help="Kubeflow Pipelines: compile, submit, schedule, run-local (see `auditai kfp --help`)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv) if argv[:1] != ["kfp"] else None
     try:
-        return args.handler(args)
+        return cmd_kfp(argv[1:]) if args is None else args.handler(args)
     except AuditInputError as error:
         print(f"auditai: error: {error}", file=sys.stderr)
         return EXIT_ERROR

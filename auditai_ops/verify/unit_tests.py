@@ -58,10 +58,17 @@ class UnitTestResult:
     test: ResolvedUnitTest
     samples: AuditSamples
     targets: np.ndarray
+    predictions: np.ndarray
+    """The clean predictions (at t = 0)."""
     outcomes: SampleOutcomes
-    clean_accuracy: float
     confidence: float
     seconds: float
+    positions: np.ndarray
+    """Each sample's position among the unit test's samples (all of them, in order, unless sharded)."""
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(np.mean(self.predictions == self.samples.labels)) if len(self.predictions) else 0.0
 
     @property
     def certified_accuracy(self) -> float:
@@ -122,23 +129,75 @@ def clean_predictions(model: nn.Module, latents: np.ndarray, device: torch.devic
     return torch.cat([model(inputs[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(inputs), batch_size)]).numpy()
 
 
-def run_unit_test(test: ResolvedUnitTest, model: nn.Module, samples: AuditSamples, settings: VerifyConfig, device: torch.device) -> UnitTestResult:
-    """Falsify, then branch and bound, every sample of the unit test in batches."""
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` (0-based): the blocks index, index + count, index + 2 count, ... of a unit test's samples.
+
+    Samples are verified in fixed blocks of `block_size`, each with its own seed, so a block's
+    results do not depend on which other blocks run beside it: shards merged back together
+    equal an unsharded run.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise AuditInputError(f"--shard: expected i/N with 0 <= i < N, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """'i/N' -> Shard(i, N)."""
+        index, _, count = text.partition("/")
+        try:
+            return cls(int(index), int(count))
+        except ValueError:
+            raise AuditInputError(f"--shard: expected i/N with 0 <= i < N (for example 0/4), got '{text}'") from None
+
+    def positions(self, sample_count: int, block_size: int) -> np.ndarray:
+        """The positions (into the unit test's samples) this shard verifies, in order."""
+        blocks = range(self.index, -(-sample_count // block_size), self.count)
+        return np.concatenate([np.arange(b * block_size, min((b + 1) * block_size, sample_count)) for b in blocks] or [np.zeros(0, np.int64)])
+
+
+def block_seed(seed: int, block: int) -> int:
+    """An independent counterexample-search seed per block, the same in every shard layout."""
+    return int(np.random.SeedSequence([seed, block]).generate_state(1)[0])
+
+
+def empty_outcomes(k: int) -> SampleOutcomes:
+    """Outcomes of no samples (k directions)."""
+    return SampleOutcomes(np.zeros(0, "<U9"), np.zeros(0), np.zeros(0, "<U16"), np.zeros(0, np.int64), np.zeros((0, k)), np.zeros(0, np.int64), np.zeros(0))
+
+
+def concatenate_outcomes(parts: list[SampleOutcomes]) -> SampleOutcomes:
+    """The outcomes of consecutive sample groups as one."""
+    fields = SampleOutcomes.__dataclass_fields__
+    return SampleOutcomes(**{name: np.concatenate([getattr(part, name) for part in parts]) for name in fields})
+
+
+def unit_test_samples(test: ResolvedUnitTest, samples: AuditSamples, settings: VerifyConfig) -> AuditSamples:
+    """The samples a unit test runs on: the first `samples` of the test split (the spec's own count, else the setting)."""
+    return samples.first(test.spec.samples or settings.samples)
+
+
+def run_unit_test(test: ResolvedUnitTest, model: nn.Module, samples: AuditSamples, settings: VerifyConfig, device: torch.device, shard: Shard = Shard()) -> UnitTestResult:
+    """Falsify, then branch and bound, the shard's samples of the unit test, block by block."""
     started = time.perf_counter()
-    chosen = samples.first(test.spec.samples or settings.samples)
-    predictions = clean_predictions(model, chosen.latents, device, settings.batch_size)
-    targets = chosen.labels if test.spec.property == "true_label" else predictions
+    chosen = unit_test_samples(test, samples, settings)
+    positions = shard.positions(len(chosen.ids), settings.block_size)
+    mine = AuditSamples(chosen.ids[positions], chosen.latents[positions], chosen.labels[positions])
     verifier = LineVerifier(model, test.matrix, device, settings.batch_size)
-    outcomes = verifier.verify(
-        chosen.latents,
-        targets,
-        test.t_low,
-        test.t_high,
-        settings.methods,
-        Falsifier(settings.falsify_grid, settings.falsify_steps, settings.falsify_restarts, settings.seed),
-        Budget(settings.max_pieces, settings.seconds_per_test),
-        settings.min_margin,
-        settings.refine_method,
-    )
-    clean_accuracy = float(np.mean(predictions == chosen.labels))
-    return UnitTestResult(test, chosen, targets, outcomes, clean_accuracy, settings.confidence, time.perf_counter() - started)
+    predictions, outcomes = [np.zeros(0, np.int64)], [empty_outcomes(len(test.directions))]
+    for first in range(0, len(positions), settings.block_size):
+        rows = slice(first, first + settings.block_size)
+        block_predictions = clean_predictions(model, mine.latents[rows], device, settings.batch_size)
+        targets = mine.labels[rows] if test.spec.property == "true_label" else block_predictions
+        seconds_left = max(settings.seconds_per_test - (time.perf_counter() - started), 1e-3)
+        falsifier = Falsifier(settings.falsify_grid, settings.falsify_steps, settings.falsify_restarts, block_seed(settings.seed, int(positions[first]) // settings.block_size))
+        budget = Budget(settings.max_pieces, seconds_left)
+        outcomes.append(verifier.verify(mine.latents[rows], targets, test.t_low, test.t_high, settings.methods, falsifier, budget, settings.min_margin, settings.refine_method))
+        predictions.append(block_predictions)
+    all_predictions = np.concatenate(predictions)
+    targets = mine.labels if test.spec.property == "true_label" else all_predictions
+    return UnitTestResult(test, mine, targets, all_predictions, concatenate_outcomes(outcomes), settings.confidence, time.perf_counter() - started, positions)

@@ -1,0 +1,117 @@
+"""The pipeline steps as functions of a config text and artifact folders: what a KFP component or an Airflow task calls.
+
+Each step writes its outputs into its own folder with the audit-folder layout (`latent/`,
+`directions/`, `classifier/`, `shards/`, or certificates plus `summary.json`), so one
+orchestrator artifact is one folder, and later steps read earlier ones through `StepInputs`.
+The config arrives as YAML text: relative paths in it are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from auditai_ops.config import AuditConfig, InputsConfig, VerifyConfig, parse_config
+from auditai_ops.errors import AuditInputError
+from auditai_ops.latent.generator import Generator
+from auditai_ops.layout import CLASSIFIER_DIR, DIRECTIONS_DIR, HEAD_FILE, LATENT_DIR, LATENTS_FILE, VAE_FILE, StepInputs, resolve_inputs
+
+
+def config_from_text(config_yaml: str) -> AuditConfig:
+    """Validate a config given as YAML text (an empty text gives the embedded defaults)."""
+    try:
+        raw = yaml.safe_load(config_yaml)
+    except yaml.YAMLError as error:
+        raise AuditInputError(f"config_yaml: not valid YAML ({error})") from None
+    return parse_config(raw, source="config_yaml")
+
+
+def with_device(config: AuditConfig, device: str | None) -> AuditConfig:
+    """The config with `verify.device` replaced (validated like the YAML field) when a device is given."""
+    if not device:
+        return config
+    try:
+        verify = VerifyConfig.model_validate({**config.verify.model_dump(), "device": device})
+    except ValidationError as error:
+        raise AuditInputError(f"device: {error.errors()[0]['msg']}") from None
+    return config.model_copy(update={"verify": verify})
+
+
+def folder_inputs(latent_dir: Path, directions_dir: Path | None = None, head_dir: Path | None = None) -> StepInputs:
+    """The inputs of a later step from the folders the earlier steps wrote."""
+    empty = Path(latent_dir)  # stands in for outputs not produced yet; no step reads them
+    return resolve_inputs(
+        empty,
+        InputsConfig(
+            vae=str(Path(latent_dir) / LATENT_DIR / VAE_FILE),
+            latents=str(Path(latent_dir) / LATENT_DIR / LATENTS_FILE),
+            directions=str(Path(directions_dir or empty) / DIRECTIONS_DIR),
+            head=str(Path(head_dir or empty) / CLASSIFIER_DIR / HEAD_FILE),
+        ),
+    )
+
+
+def audit_generator(config: AuditConfig, inputs: StepInputs, base_dir: Path | None = None) -> Generator:
+    """The generator the audit decodes with: the team's own (config `generator`) or the trained VAE."""
+    from auditai_ops.models.generator import load_generator
+
+    return load_generator(config.generator, inputs.vae, base_dir)
+
+
+def own_generator(config: AuditConfig, base_dir: Path | None = None) -> Generator | None:
+    """A team's own generator for map-latents; None means: train the VAE."""
+    if config.generator.encoder is None:
+        return None
+    from auditai_ops.models.generator import load_generator
+
+    return load_generator(config.generator, Path(), base_dir)
+
+
+def map_latents_step(config_yaml: str, latent_dir: Path) -> dict[str, float]:
+    """Train the VAE (or use the team's generator) and encode the dataset into `latent_dir/latent/`; returns the metrics."""
+    from auditai_ops.latent.mapping import map_latents
+
+    config = config_from_text(config_yaml)
+    return map_latents(config.data, config.latent, Path(latent_dir), None, own_generator(config)).metrics
+
+
+def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir: Path) -> list[str]:
+    """Find the calibrated semantic directions into `directions_dir/directions/`; returns their names."""
+    from auditai_ops.directions.discover import discover_directions
+
+    config = config_from_text(config_yaml)
+    inputs = folder_inputs(latent_dir)
+    return sorted(discover_directions(config.directions, audit_generator(config, inputs), inputs.latents, Path(directions_dir)))
+
+
+def train_classifier_step(config_yaml: str, latent_dir: Path, head_dir: Path) -> dict[str, float]:
+    """Train the classifier head on the latents into `head_dir/classifier/`; returns its accuracies."""
+    from auditai_ops.classifier.head import train_classifier
+
+    config = config_from_text(config_yaml)
+    return train_classifier(config.classifier, folder_inputs(latent_dir).latents, Path(head_dir)).metrics
+
+
+def verify_shard_step(
+    config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, shard_index: int, shard_count: int, shard_dir: Path, device: str | None = None
+) -> Path:
+    """Verify shard `shard_index` of `shard_count` of every unit test into `shard_dir/shards/` (on `device` when given: cpu, cuda, cuda:N)."""
+    from auditai_ops.verify.step import verify_shard
+    from auditai_ops.verify.unit_tests import Shard
+
+    config = with_device(config_from_text(config_yaml), device)
+    inputs = folder_inputs(latent_dir, directions_dir, head_dir)
+    return verify_shard(config.unit_tests, config.verify, config.model, audit_generator(config, inputs), inputs, Shard(shard_index, shard_count), Path(shard_dir))
+
+
+def merge_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, shard_dirs: list[Path], audit_dir: Path) -> dict[str, Any]:
+    """Merge the shards into certificates, `summary.json` and `junit.xml` in `audit_dir`; returns the summary."""
+    from auditai_ops.verify.step import find_shard_files, merge_shards
+
+    config = config_from_text(config_yaml)
+    inputs = folder_inputs(latent_dir, directions_dir, head_dir)
+    generator = audit_generator(config, inputs)
+    return merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, find_shard_files([Path(d) for d in shard_dirs]), Path(audit_dir))

@@ -1,0 +1,55 @@
+"""The audit pipeline: map latents, directions and classifier, sharded verification, merge, then the gate.
+
+    map-latents -> discover-directions, train-classifier -> ParallelFor(verify-shard) -> merge
+      -> dsl.If(verdict == pass): ...
+
+Verification shards run on GPUs when the pipeline is compiled with an accelerator type
+(set_accelerator_type / set_accelerator_limit, the CUDA image, and the GPU node toleration),
+on CPUs otherwise. MLflow and S3 settings reach every task from the cluster's ConfigMap and
+Secret (names in infra/runtime.yaml), never as values in the pipeline.
+"""
+
+from kfp import dsl
+
+from components.discover_directions import discover_directions
+from components.map_latents import map_latents
+from components.merge import merge
+from components.runtime import CUDA_IMAGE
+from components.train_classifier import train_classifier
+from components.verify_shard import verify_shard
+
+PIPELINE_NAME = "auditai-audit"
+DEFAULT_SHARDS = 4
+DEFAULT_ACCELERATOR = "nvidia.com/gpu"
+
+
+def build_pipeline(shards: int = DEFAULT_SHARDS, accelerator: str | None = DEFAULT_ACCELERATOR):  # noqa: ANN201 - a kfp GraphComponent
+    """The pipeline with `shards` verification shards, each on one `accelerator` (None: on CPU)."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Verified semantic unit tests (AuditAI): prove every spec, gate the model version on the certificates.")
+    def audit_pipeline(config_yaml: str = "", verify_device: str = "cuda" if accelerator else "cpu") -> str:
+        latent = map_latents(config_yaml=config_yaml).set_display_name("map latents")
+        directions = discover_directions(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("discover directions")
+        head = train_classifier(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("train classifier")
+        with dsl.ParallelFor(items=list(range(shards)), name="verification-shards") as index:
+            shard = verify_shard(
+                config_yaml=config_yaml,
+                device=verify_device,
+                shard_index=index,
+                shard_count=shards,
+                latent=latent.outputs["latent"],
+                directions=directions.outputs["directions"],
+                head=head.outputs["head"],
+            ).set_display_name("verify shard")
+            if accelerator:
+                shard.set_container_image(CUDA_IMAGE).set_accelerator_type(accelerator).set_accelerator_limit(1)
+        merged = merge(
+            config_yaml=config_yaml,
+            latent=latent.outputs["latent"],
+            directions=directions.outputs["directions"],
+            head=head.outputs["head"],
+            shards=dsl.Collected(shard.outputs["shard"]),
+        ).set_display_name("merge shards")
+        return merged.outputs["Output"]
+
+    return audit_pipeline

@@ -1,0 +1,125 @@
+"""`auditai kfp ...`: compile the audit pipeline, submit it or schedule it on a KFP endpoint, or run it locally.
+
+These commands need kfp (the `kfp` extra) and this repository's components/ and pipelines/
+folders; the library itself never imports kfp, so `auditai kfp` loads this module from the
+checkout. Exit codes as for every auditai command: 0 ok (a local run whose specs all pass),
+1 a spec fails, 2 bad input or an error.
+"""
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from pipelines.audit_pipeline import DEFAULT_ACCELERATOR, DEFAULT_SHARDS, PIPELINE_NAME, build_pipeline
+
+PIPELINE_YAML = Path(__file__).resolve().parent / "audit_pipeline.yaml"
+
+
+def compile_pipeline(output: Path = PIPELINE_YAML, shards: int = DEFAULT_SHARDS, accelerator: str | None = DEFAULT_ACCELERATOR) -> Path:
+    """Write the pipeline's IR YAML (the committed one is made with the defaults)."""
+    from kfp import compiler
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=output.parent, delete=False) as scratch:
+        staging = Path(scratch.name)
+    compiler.Compiler().compile(build_pipeline(shards, accelerator), str(staging))
+    staging.replace(output)
+    return output
+
+
+def _arguments(config: Path | None) -> dict[str, str]:
+    """The pipeline's parameters: the audit config as YAML text (checked here, so a bad config never reaches the cluster)."""
+    from auditai_ops.steps import config_from_text
+
+    if config is None:
+        return {"config_yaml": ""}
+    text = Path(config).read_text()
+    config_from_text(text)
+    return {"config_yaml": text}
+
+
+def _client(host: str, namespace: str | None):  # noqa: ANN202 - kfp.Client
+    from kfp import Client
+
+    return Client(host=host, namespace=namespace)
+
+
+def submit(host: str, config: Path | None, package: Path = PIPELINE_YAML, experiment: str = PIPELINE_NAME, run_name: str | None = None, namespace: str | None = None) -> str:
+    """Start one run of the compiled pipeline on the KFP endpoint at `host`; returns the run id."""
+    client = _client(host, namespace)
+    result = client.create_run_from_pipeline_package(str(package), arguments=_arguments(config), run_name=run_name, experiment_name=experiment, namespace=namespace)
+    return result.run_id
+
+
+def schedule(
+    host: str, cron: str, config: Path | None, package: Path = PIPELINE_YAML, experiment: str = PIPELINE_NAME, job_name: str = "auditai-nightly", namespace: str | None = None
+) -> str:
+    """Create a recurring run (KFP's 6-field cron: seconds first, e.g. '0 0 2 * * *' nightly at 02:00); returns its id."""
+    client = _client(host, namespace)
+    experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+    recurring = client.create_recurring_run(
+        experiment_id=experiment_id, job_name=job_name, cron_expression=cron, params=_arguments(config), pipeline_package_path=str(package), max_concurrency=1, no_catchup=True
+    )
+    return recurring.recurring_run_id
+
+
+def run_local(config: Path | None, pipeline_root: Path, shards: int = 2) -> dict:
+    """Run the whole pipeline here with kfp.local.SubprocessRunner (CPU, this Python); returns the merged summary.
+
+    The components install nothing at run time (install_kfp_package=False, no
+    packages_to_install), so the run works offline with the packages of this environment.
+    """
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    run = build_pipeline(shards, accelerator=None)(**_arguments(config))
+    summaries = sorted(Path(pipeline_root).glob(f"{PIPELINE_NAME}-*/merge/audit/summary.json"))  # run folders are named by start time
+    summary_path = summaries[-1] if summaries else None
+    if run.output is None or summary_path is None:
+        raise RuntimeError(f"the local pipeline run left no summary under {pipeline_root}")
+    return json.loads(summary_path.read_text())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `auditai kfp` subcommands."""
+    sub = parser.add_subparsers(dest="kfp_command", required=True, metavar="COMMAND")
+    compile_ = sub.add_parser("compile", help="write the pipeline YAML (default: pipelines/audit_pipeline.yaml)")
+    compile_.add_argument("--output", type=Path, default=PIPELINE_YAML)
+    compile_.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help=f"verification shards (default {DEFAULT_SHARDS})")
+    compile_.add_argument("--accelerator", default=DEFAULT_ACCELERATOR, help=f"accelerator type per shard, or 'none' for CPU (default {DEFAULT_ACCELERATOR})")
+    for name, text in (("submit", "start a run on a KFP endpoint"), ("schedule", "create a recurring run on a KFP endpoint")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80")
+        command.add_argument("--config", type=Path, default=None, help="audit config YAML passed as the pipeline's config_yaml")
+        command.add_argument("--package", type=Path, default=PIPELINE_YAML, help="compiled pipeline YAML")
+        command.add_argument("--experiment", default=PIPELINE_NAME)
+        command.add_argument("--namespace", default=None)
+        if name == "schedule":
+            command.add_argument("--cron", required=True, help="6-field cron, seconds first: '0 0 2 * * *' runs nightly at 02:00")
+            command.add_argument("--job-name", default="auditai-nightly")
+        else:
+            command.add_argument("--run-name", default=None)
+    local = sub.add_parser("run-local", help="run the whole pipeline here with kfp.local.SubprocessRunner (offline, CPU)")
+    local.add_argument("--config", type=Path, default=None)
+    local.add_argument("--pipeline-root", type=Path, default=Path("runs/kfp-local"))
+    local.add_argument("--shards", type=int, default=2)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run one `auditai kfp` subcommand; returns the exit code."""
+    if args.kfp_command == "compile":
+        accelerator = None if args.accelerator.lower() == "none" else args.accelerator
+        print(f"compiled {compile_pipeline(args.output, args.shards, accelerator)}")
+        return 0
+    if args.kfp_command == "submit":
+        print(f"submitted run {submit(args.host, args.config, args.package, args.experiment, args.run_name, args.namespace)}")
+        return 0
+    if args.kfp_command == "schedule":
+        print(f"created recurring run {schedule(args.host, args.cron, args.config, args.package, args.experiment, args.job_name, args.namespace)} ({args.cron})")
+        return 0
+    summary = run_local(args.config, args.pipeline_root, args.shards)
+    print(yaml.safe_dump({"verdict": summary["verdict"], "unit_tests": {t["name"]: t["verdict"] for t in summary["unit_tests"]}}, sort_keys=False))
+    return {"pass": 0, "fail": 1}.get(summary["verdict"], 2)

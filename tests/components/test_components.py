@@ -1,0 +1,63 @@
+"""Every KFP component's body (`.python_func`) on the small config, with artifacts as local folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+kfp_dsl = pytest.importorskip("kfp.dsl", reason="the kfp extra is not installed")
+from kfp.dsl import Artifact, Dataset, Metrics, Model  # noqa: E402
+
+from components.discover_directions import discover_directions  # noqa: E402
+from components.map_latents import map_latents  # noqa: E402
+from components.merge import merge  # noqa: E402
+from components.runtime import CPU_IMAGE  # noqa: E402
+from components.train_classifier import train_classifier  # noqa: E402
+from components.verify_shard import verify_shard  # noqa: E402
+
+SMALL_CONFIG = Path(__file__).parents[1] / "cli" / "small.yaml"
+
+
+def test_components_are_thin_and_install_nothing() -> None:
+    for component in (map_latents, discover_directions, train_classifier, verify_shard, merge):
+        container = component.component_spec.implementation.container
+        assert container.image == CPU_IMAGE
+        command = " ".join(container.command)
+        assert "pip install" not in command, f"{component.name} installs packages at run time"
+        source = Path(component.python_func.__code__.co_filename).read_text()
+        assert "from auditai_ops.steps import" in source, f"{component.name} must call one auditai_ops step"
+
+
+def test_map_latents_component(tmp_path: Path) -> None:
+    config = yaml.safe_load(SMALL_CONFIG.read_text())
+    config["data"] = {"train_limit": 600, "test_limit": 50}
+    config["latent"] = {"epochs": 1}
+    latent, metrics = Dataset(name="latent", uri=str(tmp_path / "latent")), Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    map_latents.python_func(config_yaml=yaml.safe_dump(config), latent=latent, metrics=metrics)
+    assert (tmp_path / "latent" / "latent" / "latents.npz").is_file()
+    assert (tmp_path / "latent" / "latent" / "vae.safetensors").is_file()
+    assert 0 < metrics.metadata["reconstruction_mse_per_pixel"] < 1
+
+
+def test_later_components_on_the_small_run(small_run: Path, tmp_path: Path) -> None:
+    """directions, classifier, two shards and the merge, reading the small run's latent folder as the map-latents artifact."""
+    config_yaml = SMALL_CONFIG.read_text()
+    latent = Dataset(name="latent", uri=str(small_run))
+    directions = Artifact(name="directions", uri=str(tmp_path / "directions"))
+    discover_directions.python_func(config_yaml=config_yaml, latent=latent, directions=directions)
+    assert {"slant", "thickness", "pca1"} <= set(directions.metadata["directions"])
+    head, head_metrics = Model(name="head", uri=str(tmp_path / "head")), Metrics(name="m", uri=str(tmp_path / "m"))
+    train_classifier.python_func(config_yaml=config_yaml, latent=latent, head=head, metrics=head_metrics)
+    assert head_metrics.metadata["test_accuracy"] > 0.8
+    shards = [Artifact(name="shard", uri=str(tmp_path / f"shard{i}")) for i in range(2)]
+    for index, shard in enumerate(shards):
+        verify_shard.python_func(config_yaml=config_yaml, device="cpu", shard_index=index, shard_count=2, latent=latent, directions=directions, head=head, shard=shard)
+    audit, metrics = Artifact(name="audit", uri=str(tmp_path / "audit")), Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    verdict = merge.python_func(config_yaml=config_yaml, latent=latent, directions=directions, head=head, shards=shards, audit=audit, metrics=metrics)
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert verdict == summary["verdict"] == audit.metadata["verdict"]
+    assert metrics.metadata["slant_small.certified_accuracy"] == next(t for t in summary["unit_tests"] if t["name"] == "slant_small")["certified_accuracy"]
+    assert sorted(p.name for p in (tmp_path / "audit" / "certificates").iterdir()) == ["pca1_small.json", "slant_small.json", "thickness_small.json"]

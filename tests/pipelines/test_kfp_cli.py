@@ -1,0 +1,68 @@
+"""`auditai kfp`: the committed pipeline YAML is current and has the fan-out and GPU requests; submit and schedule send the right requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp", reason="the kfp extra is not installed")
+
+from auditai_ops.cli.main import main  # noqa: E402
+from pipelines.kfp_cli import PIPELINE_YAML, compile_pipeline  # noqa: E402
+from kfp_standin import kfp_stand_in  # noqa: E402
+
+SMALL_CONFIG = Path(__file__).parents[1] / "cli" / "small.yaml"
+
+
+def test_committed_pipeline_yaml_is_up_to_date(tmp_path: Path) -> None:
+    fresh = compile_pipeline(tmp_path / "audit_pipeline.yaml")
+    assert fresh.read_text() == PIPELINE_YAML.read_text(), "pipelines/audit_pipeline.yaml is stale: run `auditai kfp compile` and commit it"
+
+
+def test_compiled_pipeline_fans_out_on_gpus() -> None:
+    spec = yaml.safe_load(PIPELINE_YAML.read_text())
+    loop = spec["root"]["dag"]["tasks"]["for-loop-2"]
+    assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
+    executors = spec["deploymentSpec"]["executors"]
+    shard = executors["exec-verify-shard"]["container"]
+    assert shard["resources"]["accelerator"] == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}
+    assert shard["image"].endswith("auditai-cuda:" + shard["image"].rsplit(":", 1)[1])
+    assert all("accelerator" not in e["container"].get("resources", {}) for name, e in executors.items() if name != "exec-verify-shard")
+
+
+def test_compile_for_cpu_has_no_gpu_request(tmp_path: Path) -> None:
+    assert main(["kfp", "compile", "--output", str(tmp_path / "cpu.yaml"), "--accelerator", "none", "--shards", "3"]) == 0
+    spec = yaml.safe_load((tmp_path / "cpu.yaml").read_text())
+    assert "accelerator" not in str(spec["deploymentSpec"]["executors"]["exec-verify-shard"])
+    assert spec["root"]["dag"]["tasks"]["for-loop-2"]["parameterIterator"]["items"]["raw"] == "[0, 1, 2]"
+
+
+def test_submit_sends_the_pipeline_and_the_config() -> None:
+    with kfp_stand_in() as api:
+        assert main(["kfp", "submit", "--host", api.host, "--config", str(SMALL_CONFIG), "--run-name", "nightly-audit"]) == 0
+    (run,) = api.calls("POST", "/apis/v2beta1/runs")
+    assert run.body["display_name"] == "nightly-audit"
+    assert run.body["experiment_id"] == "exp-1"
+    assert run.body["pipeline_spec"]["pipelineInfo"]["name"] == "auditai-audit"
+    assert run.body["runtime_config"]["parameters"]["config_yaml"] == SMALL_CONFIG.read_text()
+
+
+def test_schedule_creates_a_recurring_run() -> None:
+    with kfp_stand_in() as api:
+        assert main(["kfp", "schedule", "--host", api.host, "--cron", "0 0 2 * * *", "--config", str(SMALL_CONFIG)]) == 0
+    (recurring,) = api.calls("POST", "/apis/v2beta1/recurringruns")
+    assert recurring.body["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}
+    assert int(recurring.body["max_concurrency"]) == 1 and recurring.body["no_catchup"] is True
+    assert recurring.body["runtime_config"]["parameters"]["config_yaml"] == SMALL_CONFIG.read_text()
+    assert recurring.body["pipeline_spec"]["pipelineInfo"]["name"] == "auditai-audit"
+
+
+def test_a_bad_config_never_reaches_the_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("verify: {samplez: 3}\n")
+    with kfp_stand_in() as api:
+        assert main(["kfp", "submit", "--host", api.host, "--config", str(bad)]) == 2
+    assert "verify.samplez" in capsys.readouterr().err
+    assert not api.calls("POST", "/apis/v2beta1/runs")
