@@ -3,11 +3,13 @@
 Each step writes its outputs into its own folder with the audit-folder layout (`latent/`,
 `directions/`, `classifier/`, `shards/`, or certificates plus `summary.json`), so one
 orchestrator artifact is one folder, and later steps read earlier ones through `StepInputs`.
-The config arrives as YAML text: relative paths in it are relative to the working directory.
+The config arrives as YAML text: relative paths in it are relative to `base_dir` when a step
+is given one (an orchestrator passes the config file's folder), else to the working directory.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,33 @@ def config_from_text(config_yaml: str) -> AuditConfig:
     except yaml.YAMLError as error:
         raise AuditInputError(f"config_yaml: not valid YAML ({error})") from None
     return parse_config(raw, source="config_yaml")
+
+
+_REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def registered_model_uri(model_name: str, version_or_alias: str) -> str:
+    """The MLflow URI of a registered model version: `models:/name/3` for a version number, `models:/name@alias` for an alias."""
+    name, chosen = model_name.strip(), version_or_alias.strip()
+    if not _REGISTERED_NAME.match(name):
+        raise AuditInputError(f"model_name: '{model_name}' is not a registered model name (letters, digits, '_', '.', '-')")
+    if chosen.isdigit():
+        return f"models:/{name}/{int(chosen)}"
+    if not _ALIAS.match(chosen):
+        raise AuditInputError(f"model_version: '{version_or_alias}' is neither a version number nor an alias")
+    return f"models:/{name}@{chosen}"
+
+
+def override_config_text(config_yaml: str, overrides: dict[str, dict[str, Any]]) -> str:
+    """The config text with fields replaced section by section (`{"model": {"classifier": ...}}`), validated like the file."""
+    config_from_text(config_yaml)  # the original's own errors first: past this, it is a mapping of mappings
+    raw = yaml.safe_load(config_yaml) or {}
+    for section, fields in overrides.items():
+        raw[section] = {**(raw.get(section) or {}), **fields}
+    text = yaml.safe_dump(raw, sort_keys=False)
+    config_from_text(text)
+    return text
 
 
 def with_device(config: AuditConfig, device: str | None) -> AuditConfig:
@@ -70,21 +99,21 @@ def own_generator(config: AuditConfig, base_dir: Path | None = None) -> Generato
     return load_generator(config.generator, Path(), base_dir)
 
 
-def map_latents_step(config_yaml: str, latent_dir: Path) -> dict[str, float]:
+def map_latents_step(config_yaml: str, latent_dir: Path, base_dir: Path | None = None) -> dict[str, float]:
     """Train the VAE (or use the team's generator) and encode the dataset into `latent_dir/latent/`; returns the metrics."""
     from auditai_ops.latent.mapping import map_latents
 
     config = config_from_text(config_yaml)
-    return map_latents(config.data, config.latent, Path(latent_dir), None, own_generator(config)).metrics
+    return map_latents(config.data, config.latent, Path(latent_dir), base_dir, own_generator(config, base_dir)).metrics
 
 
-def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir: Path) -> list[str]:
+def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir: Path, base_dir: Path | None = None) -> list[str]:
     """Find the calibrated semantic directions into `directions_dir/directions/`; returns their names."""
     from auditai_ops.directions.discover import discover_directions
 
     config = config_from_text(config_yaml)
     inputs = folder_inputs(latent_dir)
-    return sorted(discover_directions(config.directions, audit_generator(config, inputs), inputs.latents, Path(directions_dir)))
+    return sorted(discover_directions(config.directions, audit_generator(config, inputs, base_dir), inputs.latents, Path(directions_dir)))
 
 
 def train_classifier_step(config_yaml: str, latent_dir: Path, head_dir: Path) -> dict[str, float]:
@@ -96,7 +125,15 @@ def train_classifier_step(config_yaml: str, latent_dir: Path, head_dir: Path) ->
 
 
 def verify_shard_step(
-    config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, shard_index: int, shard_count: int, shard_dir: Path, device: str | None = None
+    config_yaml: str,
+    latent_dir: Path,
+    directions_dir: Path,
+    head_dir: Path,
+    shard_index: int,
+    shard_count: int,
+    shard_dir: Path,
+    device: str | None = None,
+    base_dir: Path | None = None,
 ) -> Path:
     """Verify shard `shard_index` of `shard_count` of every unit test into `shard_dir/shards/` (on `device` when given: cpu, cuda, cuda:N)."""
     from auditai_ops.verify.step import verify_shard
@@ -104,14 +141,15 @@ def verify_shard_step(
 
     config = with_device(config_from_text(config_yaml), device)
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
-    return verify_shard(config.unit_tests, config.verify, config.model, audit_generator(config, inputs), inputs, Shard(shard_index, shard_count), Path(shard_dir))
+    generator = audit_generator(config, inputs, base_dir)
+    return verify_shard(config.unit_tests, config.verify, config.model, generator, inputs, Shard(shard_index, shard_count), Path(shard_dir), base_dir)
 
 
-def merge_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, shard_dirs: list[Path], audit_dir: Path) -> dict[str, Any]:
+def merge_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, shard_dirs: list[Path], audit_dir: Path, base_dir: Path | None = None) -> dict[str, Any]:
     """Merge the shards into certificates, `summary.json` and `junit.xml` in `audit_dir`; returns the summary."""
     from auditai_ops.verify.step import find_shard_files, merge_shards
 
     config = config_from_text(config_yaml)
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
-    generator = audit_generator(config, inputs)
-    return merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, find_shard_files([Path(d) for d in shard_dirs]), Path(audit_dir))
+    generator = audit_generator(config, inputs, base_dir)
+    return merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, find_shard_files([Path(d) for d in shard_dirs]), Path(audit_dir), base_dir)

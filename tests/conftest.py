@@ -46,3 +46,17 @@ def small_run_copy(small_run: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(small_run, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary AIRFLOW_HOME with a sqlite metadata DB made by `airflow db migrate` (Airflow runs in subprocesses; see tests/airflow_harness.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("airflow") is None:
+        pytest.skip("the airflow extra is not installed")
+    from airflow_harness import migrate
+
+    home = tmp_path_factory.mktemp("airflow_home")
+    migrate(home)
+    return home

@@ -16,5 +16,5 @@ def test_import_contracts_are_kept() -> None:
 
 def test_ruff_lint_is_clean() -> None:
     ruff = Path(sys.executable).parent / "ruff"
-    result = subprocess.run([str(ruff), "check", "auditai_ops", "tests", "benchmarks", "examples"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([str(ruff), "check", "auditai_ops", "tests", "benchmarks", "examples", "dags"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,257 @@
+"""Airflow 3 DAG `auditai_audit`: the AuditAI audit of one model, then the registry gate and promotion.
+
+Parsing this file imports only the Airflow Task SDK and the standard library: auditai_ops,
+torch and mlflow are imported inside the tasks, and Variables are read only while a task runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+DAG_ID = "auditai_audit"
+TAGS = ["auditai", "audit", "mlops"]
+WORK_ROOT_VARIABLE = "auditai_work_root"
+CONFIG_VARIABLE = "auditai_config_path"
+KFP_HOST_VARIABLE = "auditai_kfp_host"
+DEFAULT_WORK_ROOT = "/tmp/auditai-airflow"
+CONFIG_FILE = "audit-config.yaml"
+
+DEFAULT_ARGS = {
+    "owner": "auditai",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=20),
+    "execution_timeout": timedelta(minutes=30),
+}
+
+DOC_MD = f"""
+# AuditAI audit
+
+Proves (or refutes with a decoded counterexample) every semantic unit test of the audit config
+for one model, registers the audited model version in the MLflow registry through the gate, and
+promotes it only when the audit passes.
+
+`prepare` → `choose_runner` → `map_latents` → (`discover_directions`, `train_classifier`) →
+`plan_shards` → `verify_shard` × *shards* (dynamic task mapping) → `merge` → `report` → `gate` →
+`audit_passed` (short circuit on the verdict) → `promote`.
+
+With a KFP host (param `kfp_host` or Variable `{KFP_HOST_VARIABLE}`), `submit_to_kfp` submits
+the Kubeflow pipeline instead and every local step is skipped.
+
+**Params**: `config_path` (default: Variable `{CONFIG_VARIABLE}`), `model_name` (the registered
+model the gate registers under; default: the config's `gate.model_name`), `model_version` (a
+version number or alias of `model_name` whose classifier is audited, pixel mode; empty: the model
+the config names), `promote_to` (the alias promotion sets), `shards`, `work_dir`, `kfp_host`.
+
+**Work folder**: `work_dir`, else `<Variable {WORK_ROOT_VARIABLE} or $AUDITAI_WORK_ROOT or
+{DEFAULT_WORK_ROOT}>/{DAG_ID}/<run id>`. Every task reads and writes it: all workers must share
+it (a shared volume) unless one worker runs them all.
+
+**Outcome**: a failing audit leaves the run *successful* with `promote` skipped (read the task
+states, not the run state); an audit or gate error fails the run.
+"""
+
+
+def _run_folder_name(run_id: str) -> str:
+    """The run id as a folder name (run ids hold ':' and '+')."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+
+
+@contextmanager
+def _bad_input_fails_fast() -> Iterator[None]:
+    """Bad input (a one-line AuditInputError naming the file or field) does not heal on retry: fail without retrying."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from auditai_ops.errors import AuditInputError
+
+    try:
+        yield
+    except AuditInputError as error:
+        raise AirflowFailException(f"auditai: {error}") from None
+
+
+def _folder(run: dict[str, Any]) -> Path:
+    return Path(run["work_dir"])
+
+
+def _base(run: dict[str, Any]) -> Path | None:
+    return Path(run["base_dir"]) if run["base_dir"] else None
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule="0 2 * * *",
+    start_date=None,
+    catchup=False,
+    max_active_runs=1,
+    tags=TAGS,
+    doc_md=DOC_MD,
+    default_args=DEFAULT_ARGS,
+    params={
+        "config_path": Param("", type="string", description=f"audit config YAML on the workers; empty: Variable {CONFIG_VARIABLE}"),
+        "model_name": Param("", type="string", description="registered model the gate registers the audited version under; empty: the config's gate.model_name"),
+        "model_version": Param("", type="string", description="version number or alias of model_name to audit (pixel mode); empty: the model the config names"),
+        "promote_to": Param("production", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="alias set on the gated version when the audit passes"),
+        "shards": Param(2, type="integer", minimum=1, maximum=256, description="verification shards, run as mapped tasks"),
+        "work_dir": Param("", type="string", description="this run's artifact folder, shared by every worker; empty: <work root>/auditai_audit/<run id>"),
+        "kfp_host": Param("", type="string", description=f"KFP endpoint: submit the Kubeflow pipeline instead of running here; empty: Variable {KFP_HOST_VARIABLE}"),
+    },
+)
+def auditai_audit() -> None:
+    @task(execution_timeout=timedelta(minutes=5))
+    def prepare() -> dict[str, Any]:
+        """Resolve the config (with the model params applied), the work folder and the runner; write the config used into the folder."""
+        import os
+
+        from airflow.sdk import Variable
+
+        from auditai_ops.fileio import write_text
+        from auditai_ops.steps import override_config_text, registered_model_uri
+
+        context = get_current_context()
+        params = context["params"]
+        config_path = params["config_path"] or Variable.get(CONFIG_VARIABLE, default="")
+        work_root = Variable.get(WORK_ROOT_VARIABLE, default="") or os.environ.get("AUDITAI_WORK_ROOT") or DEFAULT_WORK_ROOT
+        work_dir = Path(params["work_dir"] or Path(work_root) / DAG_ID / _run_folder_name(context["run_id"])).resolve()
+        with _bad_input_fails_fast():
+            if not config_path:
+                from auditai_ops.errors import AuditInputError
+
+                raise AuditInputError(f"config_path: give the param or set the Variable {CONFIG_VARIABLE}")
+            path = Path(config_path).resolve()
+            try:
+                text = path.read_text()
+            except OSError as error:
+                from auditai_ops.errors import AuditInputError
+
+                raise AuditInputError(f"config file '{path}': cannot be read ({error.strerror})") from None
+            overrides: dict[str, dict[str, Any]] = {}
+            if params["model_version"]:
+                overrides["model"] = {"classifier": registered_model_uri(params["model_name"], params["model_version"])}
+            text = override_config_text(text, overrides)
+        write_text(work_dir / CONFIG_FILE, text)
+        print(f"config {path} -> {work_dir / CONFIG_FILE}; work folder {work_dir}")
+        return {
+            "config_yaml": text,
+            "config_file": str(work_dir / CONFIG_FILE),
+            "base_dir": str(path.parent),
+            "work_dir": str(work_dir),
+            "shards": params["shards"],
+            "kfp_host": params["kfp_host"] or Variable.get(KFP_HOST_VARIABLE, default=""),
+            "model_name": params["model_name"],
+            "promote_to": params["promote_to"],
+        }
+
+    @task.branch(execution_timeout=timedelta(minutes=5))
+    def choose_runner(run: dict[str, Any]) -> str:
+        """Submit to Kubeflow when a KFP host is configured, else run every step on the Airflow workers."""
+        return "submit_to_kfp" if run["kfp_host"] else "map_latents"
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def submit_to_kfp(run: dict[str, Any]) -> str:
+        """Start one run of the compiled audit pipeline on the KFP endpoint with this run's config; returns the KFP run id."""
+        from auditai_ops.cli.main import checkout_module
+
+        with _bad_input_fails_fast():
+            run_id = checkout_module("pipelines.kfp_cli").submit(run["kfp_host"], Path(run["config_file"]))
+        print(f"submitted KFP run {run_id} to {run['kfp_host']}")
+        return run_id
+
+    @task(execution_timeout=timedelta(hours=3))
+    def map_latents(run: dict[str, Any]) -> dict[str, float]:
+        """Train the VAE (or load the team's generator) and encode the dataset."""
+        from auditai_ops.steps import map_latents_step
+
+        with _bad_input_fails_fast():
+            return map_latents_step(run["config_yaml"], _folder(run), _base(run))
+
+    @task(execution_timeout=timedelta(hours=1))
+    def discover_directions(run: dict[str, Any]) -> list[str]:
+        """Find and calibrate the semantic directions the unit tests move along."""
+        from auditai_ops.steps import discover_directions_step
+
+        with _bad_input_fails_fast():
+            return discover_directions_step(run["config_yaml"], _folder(run), _folder(run), _base(run))
+
+    @task(execution_timeout=timedelta(hours=1))
+    def train_classifier(run: dict[str, Any]) -> dict[str, float]:
+        """Train the audited classifier head on the latents (latent mode; pixel mode audits the team's classifier with it as encoder head)."""
+        from auditai_ops.steps import train_classifier_step
+
+        with _bad_input_fails_fast():
+            return train_classifier_step(run["config_yaml"], _folder(run), _folder(run))
+
+    @task(execution_timeout=timedelta(minutes=5))
+    def plan_shards(run: dict[str, Any]) -> list[int]:
+        """The shard indices verify_shard is mapped over (one mapped task each)."""
+        return list(range(run["shards"]))
+
+    @task(execution_timeout=timedelta(hours=3), max_active_tis_per_dagrun=16)
+    def verify_shard(run: dict[str, Any], shard_index: int) -> str:
+        """Prove or falsify shard `shard_index` of every unit test's samples; returns the shard file."""
+        from auditai_ops.steps import verify_shard_step
+
+        f, count = _folder(run), run["shards"]
+        with _bad_input_fails_fast():
+            return str(verify_shard_step(run["config_yaml"], f, f, f, shard_index, count, f, base_dir=_base(run)))
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def merge(run: dict[str, Any], shard_files: list[str]) -> dict[str, Any]:
+        """Merge the shards into certificates, summary.json and junit.xml; returns the verdicts."""
+        from auditai_ops.steps import merge_step
+
+        f = _folder(run)
+        with _bad_input_fails_fast():
+            summary = merge_step(run["config_yaml"], f, f, f, [Path(p) for p in shard_files], f, _base(run))
+        return {"verdict": summary["verdict"], "unit_tests": [{"name": t["name"], "verdict": t["verdict"]} for t in summary["unit_tests"]]}
+
+    @task(execution_timeout=timedelta(minutes=15))
+    def report(run: dict[str, Any]) -> str:
+        """The audit's table in the task log."""
+        import json
+
+        from auditai_ops.layout import SUMMARY_FILE
+        from auditai_ops.report.render import console_table
+
+        summary = json.loads((_folder(run) / SUMMARY_FILE).read_text())
+        print(console_table(summary))
+        return str(_folder(run))
+
+    @task.short_circuit(execution_timeout=timedelta(minutes=5))
+    def audit_passed(verdicts: dict[str, Any]) -> bool:
+        """True lets promote run; a failing audit skips it (the run stays successful); an audit error fails the run."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        failing = [f"{t['name']} ({t['verdict']})" for t in verdicts["unit_tests"] if t["verdict"] != "pass"]
+        if verdicts["verdict"] == "error":
+            raise AirflowFailException(f"the audit could not decide: {', '.join(failing)}")
+        print(f"audit verdict {verdicts['verdict']}" + (f"; not passing: {', '.join(failing)}" if failing else ""))
+        return verdicts["verdict"] == "pass"
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def promote(run: dict[str, Any]) -> str:
+        """Placeholder until the registry gate lands."""
+        return run["promote_to"]
+
+    run = prepare()
+    runner = choose_runner(run)
+    latents = map_latents(run)
+    runner >> [submit_to_kfp(run), latents]
+    directions, head = discover_directions(run), train_classifier(run)
+    latents >> [directions, head]
+    indices = plan_shards(run)
+    [directions, head] >> indices
+    shards = verify_shard.partial(run=run).expand(shard_index=indices)
+    verdicts = merge(run, shards)
+    verdicts >> report(run) >> audit_passed(verdicts) >> promote(run)
+
+
+auditai_audit()
