@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,12 @@ SKIPPED_FOLDERS = {".git", ".venv", "runs", "auditai-out", "node_modules", ".pyt
 
 
 def repository_yaml_files() -> list[Path]:
-    return sorted(
-        path
-        for pattern in ("*.yaml", "*.yml")
-        for path in REPO.rglob(pattern)
-        if not SKIPPED_FOLDERS.intersection(path.relative_to(REPO).parts) and not any(part.endswith(".egg-info") for part in path.parts)
-    )
+    """*.yaml and *.yml files of the repository, not descending into the venv, runs or caches."""
+    files = []
+    for folder, subfolders, names in os.walk(REPO):
+        subfolders[:] = [name for name in subfolders if name not in SKIPPED_FOLDERS and not name.endswith(".egg-info")]
+        files += [Path(folder) / name for name in names if name.endswith((".yaml", ".yml"))]
+    return sorted(files)
 
 
 def test_every_yaml_file_parses() -> None:
