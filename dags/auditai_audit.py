@@ -51,8 +51,7 @@ model the gate registers under; default: the config's `gate.model_name`), `model
 version number or alias of `model_name` whose classifier is audited, pixel mode; empty: the model
 the config names), `promote_to` (the alias promotion sets), `shards`, `work_dir`, `kfp_host`.
 
-**Work folder**: `work_dir`, else `<Variable {WORK_ROOT_VARIABLE} or $AUDITAI_WORK_ROOT or
-{DEFAULT_WORK_ROOT}>/{DAG_ID}/<run id>`. Every task reads and writes it: all workers must share
+**Work folder**: `work_dir`, else `<Variable {WORK_ROOT_VARIABLE}, default {DEFAULT_WORK_ROOT}>/{DAG_ID}/<run id>`. Every task reads and writes it: all workers must share
 it (a shared volume) unless one worker runs them all.
 
 **Outcome**: a failing audit leaves the run *successful* with `promote` skipped (read the task
@@ -109,8 +108,6 @@ def auditai_audit() -> None:
     @task(execution_timeout=timedelta(minutes=5))
     def prepare() -> dict[str, Any]:
         """Resolve the config (with the model params applied), the work folder and the runner; write the config used into the folder."""
-        import os
-
         from airflow.sdk import Variable
 
         from auditai_ops.fileio import write_text
@@ -119,7 +116,7 @@ def auditai_audit() -> None:
         context = get_current_context()
         params = context["params"]
         config_path = params["config_path"] or Variable.get(CONFIG_VARIABLE, default="")
-        work_root = Variable.get(WORK_ROOT_VARIABLE, default="") or os.environ.get("AUDITAI_WORK_ROOT") or DEFAULT_WORK_ROOT
+        work_root = Variable.get(WORK_ROOT_VARIABLE, default="") or DEFAULT_WORK_ROOT
         work_dir = Path(params["work_dir"] or Path(work_root) / DAG_ID / _run_folder_name(context["run_id"])).resolve()
         with _bad_input_fails_fast():
             if not config_path:
