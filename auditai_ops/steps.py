@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from auditai_ops.config import AuditConfig, InputsConfig, VerifyConfig, parse_config
+from auditai_ops.config import AuditConfig, InputsConfig, VerifyConfig, load_config, parse_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import CLASSIFIER_DIR, DIRECTIONS_DIR, HEAD_FILE, LATENT_DIR, LATENTS_FILE, VAE_FILE, StepInputs, resolve_inputs
@@ -29,6 +29,16 @@ def config_from_text(config_yaml: str) -> AuditConfig:
     except yaml.YAMLError as error:
         raise AuditInputError(f"config_yaml: not valid YAML ({error})") from None
     return parse_config(raw, source="config_yaml")
+
+
+def config_file_text(path: Path) -> str:
+    """The text of a config file, validated (errors name the file and the field)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise AuditInputError(f"config file '{path}': cannot be read ({error.strerror})") from None
+    load_config(Path(path))
+    return text
 
 
 _REGISTERED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -109,27 +109,21 @@ def auditai_audit() -> None:
     def prepare() -> dict[str, Any]:
         """Resolve the config (with the model params applied), the work folder and the runner; write the config used into the folder."""
         from airflow.sdk import Variable
+        from airflow.sdk.exceptions import AirflowFailException
 
         from auditai_ops.fileio import write_text
-        from auditai_ops.steps import override_config_text, registered_model_uri
+        from auditai_ops.steps import config_file_text, override_config_text, registered_model_uri
 
         context = get_current_context()
         params = context["params"]
         config_path = params["config_path"] or Variable.get(CONFIG_VARIABLE, default="")
+        if not config_path:
+            raise AirflowFailException(f"config_path: give the param or set the Variable {CONFIG_VARIABLE}")
+        path = Path(config_path).resolve()
         work_root = Variable.get(WORK_ROOT_VARIABLE, default="") or DEFAULT_WORK_ROOT
         work_dir = Path(params["work_dir"] or Path(work_root) / DAG_ID / _run_folder_name(context["run_id"])).resolve()
         with _bad_input_fails_fast():
-            if not config_path:
-                from auditai_ops.errors import AuditInputError
-
-                raise AuditInputError(f"config_path: give the param or set the Variable {CONFIG_VARIABLE}")
-            path = Path(config_path).resolve()
-            try:
-                text = path.read_text()
-            except OSError as error:
-                from auditai_ops.errors import AuditInputError
-
-                raise AuditInputError(f"config file '{path}': cannot be read ({error.strerror})") from None
+            text = config_file_text(path)
             overrides: dict[str, dict[str, Any]] = {}
             if params["model_version"]:
                 overrides["model"] = {"classifier": registered_model_uri(params["model_name"], params["model_version"])}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from auditai_ops.errors import AuditInputError
-from auditai_ops.steps import config_from_text, override_config_text, registered_model_uri
+from auditai_ops.steps import config_file_text, config_from_text, override_config_text, registered_model_uri
 
 PIXEL_CONFIG = "model: {mode: pixel}\nverify: {samples: 7}\nunit_tests:\n  - {name: s, direction: slant, range: {low: -1, high: 1}}\n"
 
@@ -43,3 +45,14 @@ def test_an_override_the_config_does_not_allow_names_the_field() -> None:
         override_config_text(PIXEL_CONFIG, {"verify": {"samples": "many"}})
     with pytest.raises(AuditInputError, match="config_yaml: verify: Input should be a valid dictionary"):  # the original's own error comes first
         override_config_text("verify: 3\n", {"verify": {"samples": 1}})
+
+
+def test_config_file_text_is_the_validated_text_and_names_the_file(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(PIXEL_CONFIG)
+    bad.write_text("verify: {samples: many}\n")
+    assert config_file_text(good) == PIXEL_CONFIG
+    with pytest.raises(AuditInputError, match=f"config file '{bad}': verify.samples"):
+        config_file_text(bad)
+    with pytest.raises(AuditInputError, match="cannot be read"):
+        config_file_text(tmp_path / "missing.yaml")
