@@ -24,6 +24,10 @@ HEAD_FILE = "head.safetensors"
 CERTIFICATES_DIR = "certificates"
 SUMMARY_FILE = "summary.json"
 JUNIT_FILE = "junit.xml"
+COUNTEREXAMPLES_DIR = "counterexamples"
+REPORT_FILE = "report.html"
+TRACKING_FILE = "tracking.json"
+GATE_FILE = "gate.json"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from auditai_ops.verify.audited_model import build_audited_model
 from auditai_ops.verify.certificate import write_certificate
 from auditai_ops.verify.counterexamples import save_counterexample_images
 from auditai_ops.verify.engine import resolve_device
+from auditai_ops.verify.range_curve import range_curve
 from auditai_ops.verify.unit_tests import ERROR, FAIL, PASS, AuditSamples, ResolvedUnitTest, resolve_unit_tests, run_unit_test
 
 _LOGGER = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def verify_audit(
             result = run_unit_test(test, network, samples, settings, device)
             images = save_counterexample_images(audited.decoder, result, out_dir)
             path, certificate = write_certificate(result, audited, settings, images, out_dir)
+            curve = range_curve(result, network, settings, device)
         except Exception as error:  # one broken unit test must not hide the others' results
             _LOGGER.exception("unit test '%s' could not run", test.spec.name)
             rows.append({**row, "verdict": ERROR, "error": f"{type(error).__name__}: {error}", "samples": 0})
@@ -91,6 +93,7 @@ def verify_audit(
                 "error": None,
                 "certificate": str(path.relative_to(out_dir)),
                 "certificate_sha256": certificate["content_sha256"],
+                "range_curve": curve,
             }
         )
     verdicts = {row["verdict"] for row in rows}
