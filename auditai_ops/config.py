@@ -133,6 +133,7 @@ class VerifyConfig(_Section):
     seconds_per_test: Annotated[float, Field(gt=0.0)] = 300.0
     min_margin: NonNegativeFloat = 1e-5
     confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    curve_fractions: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = (0.25, 0.5, 0.75)
     device: str = "cpu"
     seed: int = 0
 
@@ -220,10 +221,30 @@ class InputsConfig(_Section):
     head: str | None = None
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking: `uri` (else $MLFLOW_TRACKING_URI, else sqlite in `<out>/mlflow/`), experiment, artifact location (e.g. s3://...)."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "auditai"
+    artifact_location: str | None = None
+
+
+class GateConfig(_Section):
+    """The model-registry gate: the registered model's name, the alias it sets, its time limit, and whether `auditai run` ends with it."""
+
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)] = "auditai-model"
+    alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=100)] = "certified"
+    timeout_seconds: Annotated[float, Field(gt=0.0)] = 600.0
+    on_run: bool = True
+
+
 class AuditConfig(_Section):
     """A whole audit: the pipeline steps' settings and the unit tests."""
 
     inputs: InputsConfig = InputsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    gate: GateConfig = GateConfig()
     model: ModelConfig = ModelConfig()
     generator: GeneratorConfig = GeneratorConfig()
     data: DataConfig = DataConfig()

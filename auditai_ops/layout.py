@@ -25,6 +25,10 @@ CERTIFICATES_DIR = "certificates"
 SUMMARY_FILE = "summary.json"
 JUNIT_FILE = "junit.xml"
 SHARDS_DIR = "shards"
+COUNTEREXAMPLES_DIR = "counterexamples"
+REPORT_FILE = "report.html"
+TRACKING_FILE = "tracking.json"
+GATE_FILE = "gate.json"
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,37 @@ on CPUs otherwise. MLflow and S3 settings reach every task from the cluster's Co
 Secret (names in infra/runtime.yaml), never as values in the pipeline.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components.discover_directions import discover_directions
 from components.map_latents import map_latents
 from components.merge import merge
-from components.runtime import CUDA_IMAGE
+from components.runtime import CUDA_IMAGE, RUNTIME
 from components.train_classifier import train_classifier
 from components.verify_shard import verify_shard
 
 PIPELINE_NAME = "auditai-audit"
 DEFAULT_SHARDS = 4
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
+
+
+def with_cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """MLflow and S3 settings from the cluster's ConfigMap and Secrets (infra/runtime.yaml), never values in the pipeline."""
+    kubernetes.use_config_map_as_env(task, RUNTIME.config_map.name, {key: key for key in RUNTIME.config_map.keys}, optional=RUNTIME.config_map.optional)
+    for name in ("s3", "signing"):
+        secret = RUNTIME.secrets[name]
+        kubernetes.use_secret_as_env(task, secret.name, {key: key for key in secret.keys}, optional=secret.optional)
+    return task
+
+
+def on_gpu(task: dsl.PipelineTask, accelerator: str) -> dsl.PipelineTask:
+    """One `accelerator` for the task, the CUDA image, and the GPU nodes' selector and toleration."""
+    task.set_container_image(CUDA_IMAGE).set_accelerator_type(accelerator).set_accelerator_limit(1)
+    for key, value in RUNTIME.gpu.node_selector.items():
+        kubernetes.add_node_selector(task, key, value)
+    for toleration in RUNTIME.gpu.tolerations:
+        kubernetes.add_toleration(task, **toleration)
+    return task
 
 
 def build_pipeline(shards: int = DEFAULT_SHARDS, accelerator: str | None = DEFAULT_ACCELERATOR):  # noqa: ANN201 - a kfp GraphComponent
@@ -42,7 +61,7 @@ def build_pipeline(shards: int = DEFAULT_SHARDS, accelerator: str | None = DEFAU
                 head=head.outputs["head"],
             ).set_display_name("verify shard")
             if accelerator:
-                shard.set_container_image(CUDA_IMAGE).set_accelerator_type(accelerator).set_accelerator_limit(1)
+                on_gpu(shard, accelerator)
         merged = merge(
             config_yaml=config_yaml,
             latent=latent.outputs["latent"],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from components.runtime import RUNTIME
 from pipelines.audit_pipeline import DEFAULT_ACCELERATOR, DEFAULT_SHARDS, PIPELINE_NAME, build_pipeline
 
 PIPELINE_YAML = Path(__file__).resolve().parent / "audit_pipeline.yaml"
@@ -50,7 +51,9 @@ def _client(host: str, namespace: str | None):  # noqa: ANN202 - kfp.Client
 def submit(host: str, config: Path | None, package: Path = PIPELINE_YAML, experiment: str = PIPELINE_NAME, run_name: str | None = None, namespace: str | None = None) -> str:
     """Start one run of the compiled pipeline on the KFP endpoint at `host`; returns the run id."""
     client = _client(host, namespace)
-    result = client.create_run_from_pipeline_package(str(package), arguments=_arguments(config), run_name=run_name, experiment_name=experiment, namespace=namespace)
+    result = client.create_run_from_pipeline_package(
+        str(package), arguments=_arguments(config), run_name=run_name, experiment_name=experiment, namespace=namespace, service_account=RUNTIME.service_account
+    )
     return result.run_id
 
 
@@ -61,7 +64,14 @@ def schedule(
     client = _client(host, namespace)
     experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
     recurring = client.create_recurring_run(
-        experiment_id=experiment_id, job_name=job_name, cron_expression=cron, params=_arguments(config), pipeline_package_path=str(package), max_concurrency=1, no_catchup=True
+        experiment_id=experiment_id,
+        job_name=job_name,
+        cron_expression=cron,
+        params=_arguments(config),
+        pipeline_package_path=str(package),
+        max_concurrency=1,
+        no_catchup=True,
+        service_account=RUNTIME.service_account,
     )
     return recurring.recurring_run_id
 

@@ -14,7 +14,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -61,11 +62,21 @@ def _print_json(payload: dict[str, Any]) -> None:
     print(json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
+@contextmanager
+def _tracked(config: AuditConfig, args: argparse.Namespace, step: str, new_audit: bool = False) -> Iterator[None]:
+    """Log the step to MLflow as a nested run of the audit (a no-op with tracking.enabled: false)."""
+    from auditai_ops.tracking.steps import track_step
+
+    with track_step(config.tracking, args.out, step, config, args.config, new_audit):
+        yield
+
+
 def cmd_map_latents(args: argparse.Namespace) -> int:
     from auditai_ops.latent.mapping import map_latents
 
     config, base = _config_and_base(args)
-    artifacts = map_latents(config.data, config.latent, args.out, base, _own_generator(config, base))
+    with _tracked(config, args, "map-latents"):
+        artifacts = map_latents(config.data, config.latent, args.out, base, _own_generator(config, base))
     _print_json({"vae": artifacts.vae_path, "latents": artifacts.latents_path, "reconstructions": artifacts.reconstruction_png, **artifacts.metrics})
     return EXIT_OK
 
@@ -76,7 +87,8 @@ def cmd_discover_directions(args: argparse.Namespace) -> int:
 
     config, base = _config_and_base(args)
     inputs = resolve_inputs(args.out, config.inputs, base)
-    directions = discover_directions(config.directions, _generator(config, inputs, base), inputs.latents, args.out)
+    with _tracked(config, args, "discover-directions"):
+        directions = discover_directions(config.directions, _generator(config, inputs, base), inputs.latents, args.out)
     record = json.loads((Path(args.out) / DIRECTIONS_DIR / DIRECTIONS_JSON).read_text())["directions"]
     for name, direction in directions.items():
         effect = record[name]["effect"]
@@ -92,7 +104,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from auditai_ops.classifier.head import train_classifier
 
     config, inputs = _inputs(args)
-    artifacts = train_classifier(config.classifier, inputs.latents, args.out)
+    with _tracked(config, args, "train-classifier"):
+        artifacts = train_classifier(config.classifier, inputs.latents, args.out)
     _print_json({"head": artifacts.head_path, **artifacts.metrics})
     return EXIT_OK
 
@@ -115,11 +128,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     config, base = _config_and_base(args)
     inputs = resolve_inputs(args.out, config.inputs, base)
     if args.shard is None:
-        return _verify_and_report(config, inputs, args.out, base)
+        with _tracked(config, args, "verify"):
+            return _verify_and_report(config, inputs, args.out, base)
     from auditai_ops.verify.step import verify_shard
     from auditai_ops.verify.unit_tests import Shard
 
-    path = verify_shard(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, Shard.parse(args.shard), args.out, base)
+    with _tracked(config, args, f"verify-shard-{args.shard.replace('/', '-of-')}"):
+        path = verify_shard(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, Shard.parse(args.shard), args.out, base)
     print(f"shard written to {path}; combine all shards with `auditai merge`")
     return EXIT_OK
 
@@ -131,10 +146,67 @@ def cmd_merge(args: argparse.Namespace) -> int:
     config, base = _config_and_base(args)
     inputs = resolve_inputs(args.out, config.inputs, base)
     shard_files = find_shard_files(args.shards or [args.out])
-    summary = merge_shards(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, shard_files, args.out, base)
+    with _tracked(config, args, "merge"):
+        summary = merge_shards(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, shard_files, args.out, base)
     print(console_table(summary))
     print(f"\nmerged {len(shard_files)} shards; certificates, summary.json and junit.xml are in {args.out}")
     return _exit_code(summary)
+
+
+
+def _report(config: AuditConfig, args: argparse.Namespace, inputs: StepInputs) -> None:
+    from auditai_ops.report.html import write_html_report
+
+    with _tracked(config, args, "report"):
+        print(f"report: {write_html_report(args.out, inputs.directions)}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    config, inputs = _inputs(args)
+    _report(config, args, inputs)
+    return EXIT_OK
+
+
+def _gate(config: AuditConfig, args: argparse.Namespace, base: Path | None) -> int:
+    from auditai_ops.gate.decision import render_decision
+    from auditai_ops.gate.step import gate_audit
+
+    decision = gate_audit(config, args.out, base)
+    print(render_decision(decision), flush=True)
+    return decision.exit_code
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    config, base = _config_and_base(args)
+    return _gate(config, args, base)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from auditai_ops.gate.decision import render_decision
+    from auditai_ops.gate.step import promote_version
+
+    config, _ = _config_and_base(args)
+    decision = promote_version(config, args.out, args.model, args.version, args.alias, args.to)
+    print(render_decision(decision), flush=True)
+    return decision.exit_code
+
+
+def _gate_and_report(config: AuditConfig, args: argparse.Namespace, base: Path | None, inputs: StepInputs, verified: int) -> int:
+    """The end of `auditai run`: the gate (when tracking is on and gate.on_run), then the HTML report; the worst exit code wins."""
+    gated = EXIT_OK
+    if config.tracking.enabled and config.gate.on_run:
+        print("[auditai run] gate ...", flush=True)
+        gated = _gate(config, args, base)
+    _report(config, args, inputs)
+    return max(verified, gated)
+
+
+def _begin_audit(config: AuditConfig, args: argparse.Namespace) -> None:
+    """A new MLflow parent run for this audit (steps nest under it); a tracking failure is a warning."""
+    if config.tracking.enabled:
+        from auditai_ops.tracking.steps import begin_audit
+
+        begin_audit(config, args.out, args.config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -151,6 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise AuditInputError("inputs: `auditai run` produces every artifact itself; give 'inputs' only to single steps")
     resolve_device(config.verify.device)  # fail before training, not after it
     inputs = resolve_inputs(args.out, config.inputs, base)
+    _begin_audit(config, args)
     steps: list[tuple[str, Callable[[], object]]] = [
         ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base, _own_generator(config, base))),
         ("discover-directions", lambda: discover_directions(config.directions, _generator(config, inputs, base), inputs.latents, args.out)),
@@ -159,10 +232,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, step in steps:
         print(f"[auditai run] {name} ...", flush=True)
         started = time.perf_counter()
-        step()
+        with _tracked(config, args, name):
+            step()
         print(f"[auditai run] {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     print("[auditai run] verify ...", flush=True)
-    return _verify_and_report(config, inputs, args.out, base)
+    with _tracked(config, args, "verify"):
+        verified = _verify_and_report(config, inputs, args.out, base)
+    return _gate_and_report(config, args, base, inputs, verified)
 
 
 def cmd_certificate_check(args: argparse.Namespace) -> int:
@@ -224,7 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--shard", default=None, metavar="i/N", help="verify only shard i of N (0-based) into OUT/shards/; combine with `auditai merge`")
     merge = step("merge", cmd_merge, "combine the shard files of `verify --shard` into certificates, summary.json, junit.xml")
     merge.add_argument("shards", nargs="*", type=Path, metavar="SHARDS", help="shard files or folders holding them (default: OUT/shards)")
-    run = step("run", cmd_run, "run every step end to end into --out", device=True)
+    step("report", cmd_report, "write the self-contained HTML report <out>/report.html")
+    step("gate", cmd_gate, "register the audited model in MLflow; set the alias only past passing, matching certificates (exit 0 set, 1 refused, 2 error)")
+    promote = step("promote", cmd_promote, "set an alias on a model version only if its own certificates pass and match its weights (exit 0, 1 refused, 2 error)")
+    promote.add_argument("--model", required=True, help="registered model name")
+    chosen = promote.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--version", default=None, help="the version to promote")
+    chosen.add_argument("--alias", default=None, help="the version an alias points at (e.g. certified)")
+    promote.add_argument("--to", required=True, metavar="ALIAS", help="the alias to set, e.g. production")
+    run = step("run", cmd_run, "run every step end to end into --out, then the gate and the HTML report", device=True)
     run.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG", help="YAML config (same as --config)")
 
     certificate = sub.add_parser("certificate", help="work with certificates", description="work with certificates")

@@ -221,9 +221,13 @@ def load_image_folder(root: Path) -> Dataset:
 
 
 def load_dataset(spec: str, base_dir: Path | None = None) -> Dataset:
-    """Resolve a dataset reference: ``mnist``, a `.npz` file or an image folder (relative to `base_dir`)."""
+    """Resolve a dataset reference: ``mnist``, a `.npz` file or an image folder (relative to `base_dir`), or either on S3 (``s3://bucket/key``)."""
     if spec == "mnist":
         return load_mnist()
+    if spec.startswith("s3://"):
+        from auditai_ops.s3 import fetch_s3
+
+        spec = str(fetch_s3(spec))
     path = Path(spec)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path

@@ -41,7 +41,8 @@ def parse_model_reference(reference: str, weights: str | None = None, kwargs: di
     (with `weights`) -> factory; `.onnx` -> onnx; `.pt`/`.pth`/`.ts`/`.torchscript`/`.jit` ->
     torchscript (pickle when the file exists and is a plain `torch.save` pickle); `.pkl` ->
     pickle; `.safetensors` or `.json` of a record written by auditai_ops.modelio -> auditai;
-    a directory (a local MLflow model folder, or downloaded artifacts) -> mlflow.
+    a directory (a local MLflow model folder, or downloaded artifacts) -> mlflow. An
+    `s3://bucket/key` file or weights are fetched into the cache first (see auditai_ops.s3).
     """
     text = str(reference).strip()
     options = dict(kwargs or {})
@@ -49,6 +50,11 @@ def parse_model_reference(reference: str, weights: str | None = None, kwargs: di
         raise AuditInputError("model reference: empty")
     if text.startswith(MLFLOW_SCHEMES):
         return ModelSource("mlflow", text, None, options)
+    if text.startswith("s3://") or (weights or "").startswith("s3://"):
+        from auditai_ops.s3 import fetch_s3
+
+        text = str(fetch_s3(text, siblings=(".json", ".safetensors"))) if text.startswith("s3://") else text
+        weights = str(fetch_s3(weights)) if weights and weights.startswith("s3://") else weights
     if _FACTORY.match(text):
         if weights is None:
             raise AuditInputError(f"model '{text}': a module:factory reference needs its weights (a .safetensors state_dict)")

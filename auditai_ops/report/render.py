@@ -13,7 +13,7 @@ from typing import Any
 FIGURES = ("certified_accuracy", "certified_accuracy_lower_bound", "falsified_fraction", "unknown_fraction", "clean_accuracy", "threshold", "samples")
 
 
-def _range_text(test: dict[str, Any]) -> str:
+def range_text(test: dict[str, Any]) -> str:
     """Ranges as written, e.g. "[-5, 5] degrees" or "[-5, 5] degrees x [-0.5, 0.5] pixels"."""
     texts = []
     for span in test["ranges"]:
@@ -40,7 +40,7 @@ def junit_xml(summary: dict[str, Any]) -> str:
         for key in FIGURES:
             if test.get(key) is not None:
                 ET.SubElement(properties, "property", name=key, value=f"{test[key]:g}" if isinstance(test[key], float) else str(test[key]))
-        ET.SubElement(properties, "property", name="range", value=_range_text(test))
+        ET.SubElement(properties, "property", name="range", value=range_text(test))
         if test.get("certificate"):
             ET.SubElement(properties, "property", name="certificate", value=test["certificate"])
         if test["verdict"] == "fail":
@@ -62,13 +62,13 @@ def console_table(summary: dict[str, Any]) -> str:
     rows = [header]
     for test in summary["unit_tests"]:
         if test["verdict"] == "error":
-            rows.append((test["name"], test["direction"], _range_text(test), "-", "-", "-", "-", f"{test['threshold']:.2f}", "-", "ERROR"))
+            rows.append((test["name"], test["direction"], range_text(test), "-", "-", "-", "-", f"{test['threshold']:.2f}", "-", "ERROR"))
             continue
         rows.append(
             (
                 test["name"],
                 test["direction"],
-                _range_text(test),
+                range_text(test),
                 f"{test['certified_accuracy']:.3f}",
                 f"{test['falsified_fraction']:.3f}",
                 f"{test['unknown_fraction']:.3f}",

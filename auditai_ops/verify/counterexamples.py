@@ -9,11 +9,10 @@ import numpy as np
 from torch import nn
 
 from auditai_ops.latent.mapping import decode
+from auditai_ops.layout import COUNTEREXAMPLES_DIR
 from auditai_ops.report.images import save_grid_png
 from auditai_ops.verify.engine import FALSIFIED
 from auditai_ops.verify.unit_tests import UnitTestResult
-
-COUNTEREXAMPLES_DIR = "counterexamples"
 
 
 def image_name(sample_id: str) -> str:

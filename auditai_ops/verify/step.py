@@ -30,6 +30,7 @@ from auditai_ops.verify.audited_model import AuditedModel, build_audited_model
 from auditai_ops.verify.certificate import write_certificate
 from auditai_ops.verify.counterexamples import save_counterexample_images
 from auditai_ops.verify.engine import SampleOutcomes, resolve_device
+from auditai_ops.verify.range_curve import range_curve
 from auditai_ops.verify.unit_tests import ERROR, FAIL, PASS, AuditSamples, ResolvedUnitTest, Shard, UnitTestResult, resolve_unit_tests, run_unit_test, unit_test_samples
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ def _row(test: ResolvedUnitTest) -> dict[str, Any]:
 
 
 def _finish(audit: _Audit, results: list[UnitTestResult | str], settings: VerifyConfig, out_dir: Path) -> dict[str, Any]:
-    """Certificates, counterexample images, `summary.json` and `junit.xml` from per-test results (or error messages)."""
+    """Certificates, counterexample images, range curves, `summary.json` and `junit.xml` from per-test results (or error messages)."""
+    device = resolve_device(settings.device)
+    network = audit.audited.network.to(device)
     rows = []
     for test, result in zip(audit.tests, results, strict=True):
         row = _row(test)
@@ -100,6 +103,7 @@ def _finish(audit: _Audit, results: list[UnitTestResult | str], settings: Verify
                 raise RuntimeError(result)
             images = save_counterexample_images(audit.audited.decoder, result, out_dir)
             path, certificate = write_certificate(result, audit.audited, settings, images, out_dir)
+            curve = range_curve(result, network, settings, device)
         except Exception as error:  # one broken unit test must not hide the others' results
             _LOGGER.error("unit test '%s' could not run: %s", test.spec.name, error)
             rows.append({**row, "verdict": ERROR, "error": str(error), "samples": 0})
@@ -113,6 +117,7 @@ def _finish(audit: _Audit, results: list[UnitTestResult | str], settings: Verify
                 "error": None,
                 "certificate": str(path.relative_to(out_dir)),
                 "certificate_sha256": certificate["content_sha256"],
+                "range_curve": curve,
             }
         )
     verdicts = {row["verdict"] for row in rows}

@@ -44,6 +44,7 @@ def test_submit_sends_the_pipeline_and_the_config() -> None:
         assert main(["kfp", "submit", "--host", api.host, "--config", str(SMALL_CONFIG), "--run-name", "nightly-audit"]) == 0
     (run,) = api.calls("POST", "/apis/v2beta1/runs")
     assert run.body["display_name"] == "nightly-audit"
+    assert run.body["service_account"] == "auditai-pipeline"
     assert run.body["experiment_id"] == "exp-1"
     assert run.body["pipeline_spec"]["pipelineInfo"]["name"] == "auditai-audit"
     assert run.body["runtime_config"]["parameters"]["config_yaml"] == SMALL_CONFIG.read_text()
