@@ -51,11 +51,16 @@ model the gate registers under; default: the config's `gate.model_name`), `model
 version number or alias of `model_name` whose classifier is audited, pixel mode; empty: the model
 the config names), `promote_to` (the alias promotion sets), `shards`, `work_dir`, `kfp_host`.
 
-**Work folder**: `work_dir`, else `<Variable {WORK_ROOT_VARIABLE}, default {DEFAULT_WORK_ROOT}>/{DAG_ID}/<run id>`. Every task reads and writes it: all workers must share
-it (a shared volume) unless one worker runs them all.
+**Work folder**: `work_dir`, else `<Variable {WORK_ROOT_VARIABLE}, default {DEFAULT_WORK_ROOT}>/{DAG_ID}/<run id>`.
+Every task reads and writes it: all workers must share it (a shared volume) unless one worker
+runs them all.
 
-**Outcome**: a failing audit leaves the run *successful* with `promote` skipped (read the task
-states, not the run state); an audit or gate error fails the run.
+**Registry**: the config's `tracking:` section, else `$MLFLOW_TRACKING_URI` (S3 artifacts:
+`MLFLOW_S3_ENDPOINT_URL`, `AWS_*`); without either, each run keeps its own sqlite store in its
+work folder. Every step is a nested MLflow run of the audit's run.
+
+**Outcome**: a failing audit is registered with gate FAIL and leaves the run *successful* with
+`promote` skipped (read the task states, not the run state); an audit or gate error fails the run.
 """
 
 
@@ -77,12 +82,23 @@ def _bad_input_fails_fast() -> Iterator[None]:
         raise AirflowFailException(f"auditai: {error}") from None
 
 
+@contextmanager
+def _step(run: dict[str, Any], name: str) -> Iterator[None]:
+    """One audit step: bad input fails fast, and the step is logged as a nested MLflow run of the audit (a tracking failure is only a warning)."""
+    from auditai_ops.steps import config_from_text
+    from auditai_ops.tracking.steps import track_step
+
+    config = config_from_text(run["config_yaml"])
+    with _bad_input_fails_fast(), track_step(config.tracking, _folder(run), name, config, Path(run["config_path"]), new_audit=name == "map-latents"):
+        yield
+
+
 def _folder(run: dict[str, Any]) -> Path:
     return Path(run["work_dir"])
 
 
-def _base(run: dict[str, Any]) -> Path | None:
-    return Path(run["base_dir"]) if run["base_dir"] else None
+def _base(run: dict[str, Any]) -> Path:
+    return Path(run["config_path"]).parent
 
 
 @dag(
@@ -112,7 +128,7 @@ def auditai_audit() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from auditai_ops.fileio import write_text
-        from auditai_ops.steps import config_file_text, override_config_text, registered_model_uri
+        from auditai_ops.steps import config_file_text, config_from_text, override_config_text, registered_model_uri
 
         context = get_current_context()
         params = context["params"]
@@ -124,20 +140,20 @@ def auditai_audit() -> None:
         work_dir = Path(params["work_dir"] or Path(work_root) / DAG_ID / _run_folder_name(context["run_id"])).resolve()
         with _bad_input_fails_fast():
             text = config_file_text(path)
-            overrides: dict[str, dict[str, Any]] = {}
+            overrides: dict[str, dict[str, Any]] = {"gate": {"model_name": params["model_name"]}} if params["model_name"] else {}
             if params["model_version"]:
-                overrides["model"] = {"classifier": registered_model_uri(params["model_name"], params["model_version"])}
+                name = params["model_name"] or config_from_text(text).gate.model_name
+                overrides["model"] = {"classifier": registered_model_uri(name, params["model_version"])}
             text = override_config_text(text, overrides)
         write_text(work_dir / CONFIG_FILE, text)
         print(f"config {path} -> {work_dir / CONFIG_FILE}; work folder {work_dir}")
         return {
             "config_yaml": text,
             "config_file": str(work_dir / CONFIG_FILE),
-            "base_dir": str(path.parent),
+            "config_path": str(path),
             "work_dir": str(work_dir),
             "shards": params["shards"],
             "kfp_host": params["kfp_host"] or Variable.get(KFP_HOST_VARIABLE, default=""),
-            "model_name": params["model_name"],
             "promote_to": params["promote_to"],
         }
 
@@ -161,7 +177,7 @@ def auditai_audit() -> None:
         """Train the VAE (or load the team's generator) and encode the dataset."""
         from auditai_ops.steps import map_latents_step
 
-        with _bad_input_fails_fast():
+        with _step(run, "map-latents"):
             return map_latents_step(run["config_yaml"], _folder(run), _base(run))
 
     @task(execution_timeout=timedelta(hours=1))
@@ -169,7 +185,7 @@ def auditai_audit() -> None:
         """Find and calibrate the semantic directions the unit tests move along."""
         from auditai_ops.steps import discover_directions_step
 
-        with _bad_input_fails_fast():
+        with _step(run, "discover-directions"):
             return discover_directions_step(run["config_yaml"], _folder(run), _folder(run), _base(run))
 
     @task(execution_timeout=timedelta(hours=1))
@@ -177,7 +193,7 @@ def auditai_audit() -> None:
         """Train the audited classifier head on the latents (latent mode; pixel mode audits the team's classifier with it as encoder head)."""
         from auditai_ops.steps import train_classifier_step
 
-        with _bad_input_fails_fast():
+        with _step(run, "train-classifier"):
             return train_classifier_step(run["config_yaml"], _folder(run), _folder(run))
 
     @task(execution_timeout=timedelta(minutes=5))
@@ -191,7 +207,7 @@ def auditai_audit() -> None:
         from auditai_ops.steps import verify_shard_step
 
         f, count = _folder(run), run["shards"]
-        with _bad_input_fails_fast():
+        with _step(run, f"verify-shard-{shard_index}-of-{count}"):
             return str(verify_shard_step(run["config_yaml"], f, f, f, shard_index, count, f, base_dir=_base(run)))
 
     @task(execution_timeout=timedelta(minutes=30))
@@ -200,37 +216,76 @@ def auditai_audit() -> None:
         from auditai_ops.steps import merge_step
 
         f = _folder(run)
-        with _bad_input_fails_fast():
+        with _step(run, "verify"):
             summary = merge_step(run["config_yaml"], f, f, f, [Path(p) for p in shard_files], f, _base(run))
         return {"verdict": summary["verdict"], "unit_tests": [{"name": t["name"], "verdict": t["verdict"]} for t in summary["unit_tests"]]}
 
     @task(execution_timeout=timedelta(minutes=15))
     def report(run: dict[str, Any]) -> str:
-        """The audit's table in the task log."""
+        """The self-contained HTML report (verdicts, certificates, counterexamples, certified accuracy against the range) in the work folder."""
         import json
 
-        from auditai_ops.layout import SUMMARY_FILE
+        from auditai_ops.layout import DIRECTIONS_DIR, SUMMARY_FILE
+        from auditai_ops.report.html import write_html_report
         from auditai_ops.report.render import console_table
 
-        summary = json.loads((_folder(run) / SUMMARY_FILE).read_text())
-        print(console_table(summary))
-        return str(_folder(run))
+        print(console_table(json.loads((_folder(run) / SUMMARY_FILE).read_text())))
+        with _step(run, "report"):
+            path = write_html_report(_folder(run), _folder(run) / DIRECTIONS_DIR)
+        print(f"report: {path}")
+        return str(path)
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def gate(run: dict[str, Any], verdicts: dict[str, Any]) -> dict[str, Any]:
+        """Register the audited model version in the MLflow registry; the gate's alias moves only past passing certificates that match the weights."""
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+        from auditai_ops.gate.decision import FAIL, render_decision
+        from auditai_ops.gate.step import gate_audit
+        from auditai_ops.steps import config_from_text
+
+        config = config_from_text(run["config_yaml"])
+        if not config.tracking.enabled:
+            raise AirflowSkipException("tracking.enabled is false: no registry gate, and nothing to promote")
+        with _bad_input_fails_fast():
+            decision = gate_audit(config, _folder(run), _base(run))
+        print(render_decision(decision))
+        if decision.decision == FAIL and verdicts["verdict"] == "pass":
+            raise AirflowFailException(f"the gate refused an audit that passed: {'; '.join(decision.reasons)}")
+        if decision.decision != FAIL and decision.exit_code != 0:  # the registry could not be reached, or the alias not set: worth a retry
+            raise AirflowException(f"the gate could not decide: {'; '.join(decision.reasons) or 'the alias was not set'}")
+        return {"decision": decision.decision, "model_name": decision.model_name, "version": decision.version, "alias": decision.alias}
 
     @task.short_circuit(execution_timeout=timedelta(minutes=5))
-    def audit_passed(verdicts: dict[str, Any]) -> bool:
-        """True lets promote run; a failing audit skips it (the run stays successful); an audit error fails the run."""
+    def audit_passed(verdicts: dict[str, Any], gated: dict[str, Any]) -> dict[str, Any] | bool:
+        """The certified version for promote when the audit passed; False skips promote (the run stays successful); an audit error fails the run."""
         from airflow.sdk.exceptions import AirflowFailException
 
         failing = [f"{t['name']} ({t['verdict']})" for t in verdicts["unit_tests"] if t["verdict"] != "pass"]
         if verdicts["verdict"] == "error":
             raise AirflowFailException(f"the audit could not decide: {', '.join(failing)}")
-        print(f"audit verdict {verdicts['verdict']}" + (f"; not passing: {', '.join(failing)}" if failing else ""))
-        return verdicts["verdict"] == "pass"
+        print(f"audit verdict {verdicts['verdict']}; gate {gated['decision']} for {gated['model_name']} version {gated['version']}")
+        if failing:
+            print(f"not passing: {', '.join(failing)}: promote is skipped")
+        return {"model_name": gated["model_name"], "version": gated["version"]} if verdicts["verdict"] == "pass" else False
 
     @task(execution_timeout=timedelta(minutes=30))
-    def promote(run: dict[str, Any]) -> str:
-        """Placeholder until the registry gate lands."""
-        return run["promote_to"]
+    def promote(run: dict[str, Any], approved: dict[str, Any]) -> str:
+        """Set the `promote_to` alias on the certified version, after re-checking the version the registry holds."""
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+        from auditai_ops.gate.decision import FAIL, render_decision
+        from auditai_ops.gate.step import promote_version
+        from auditai_ops.steps import config_from_text
+
+        with _bad_input_fails_fast():
+            decision = promote_version(config_from_text(run["config_yaml"]), _folder(run), approved["model_name"], approved["version"], None, run["promote_to"])
+        print(render_decision(decision))
+        if decision.decision == FAIL:
+            raise AirflowFailException(f"promotion refused: {'; '.join(decision.reasons)}")
+        if decision.exit_code != 0:
+            raise AirflowException(f"promotion could not decide: {'; '.join(decision.reasons) or 'the alias was not set'}")
+        return f"{decision.model_name} version {decision.version} -> {run['promote_to']}"
 
     run = prepare()
     runner = choose_runner(run)
@@ -242,7 +297,11 @@ def auditai_audit() -> None:
     [directions, head] >> indices
     shards = verify_shard.partial(run=run).expand(shard_index=indices)
     verdicts = merge(run, shards)
-    verdicts >> report(run) >> audit_passed(verdicts) >> promote(run)
+    reported = report(run)
+    verdicts >> reported
+    gated = gate(run, verdicts)
+    reported >> gated
+    promote(run, audit_passed(verdicts, gated))
 
 
 auditai_audit()

@@ -52,12 +52,12 @@ def migrate(home: Path) -> None:
 
 
 def call(env: dict[str, str], *args: str, timeout: float = 900) -> dict[str, Any]:
-    """Run this harness with `args` in `env`; returns its JSON result (the subprocess's output is in the failure message)."""
+    """Run this harness with `args` in `env`; returns its JSON result and, under "output", what the tasks logged (dag.test() logs to the console)."""
     done = subprocess.run([sys.executable, str(HARNESS), *args], env=env, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
     if done.returncode != 0 or not lines:
         raise AssertionError(f"harness {args[0]} failed ({done.returncode}):\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
-    return json.loads(lines[-1][len(RESULT_MARK) :])
+    return {**json.loads(lines[-1][len(RESULT_MARK) :]), "output": done.stdout + done.stderr}
 
 
 def _task_policy(task: Any) -> dict[str, Any]:

@@ -191,6 +191,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return decision.exit_code
 
 
+def cmd_check_version(args: argparse.Namespace) -> int:
+    from auditai_ops.gate.decision import render_decision
+    from auditai_ops.gate.step import check_version
+
+    config, _ = _config_and_base(args)
+    decision = check_version(config, args.out, args.model, args.version, args.alias)
+    print(render_decision(decision), flush=True)
+    return decision.exit_code
+
+
 def _gate_and_report(config: AuditConfig, args: argparse.Namespace, base: Path | None, inputs: StepInputs, verified: int) -> int:
     """The end of `auditai run`: the gate (when tracking is on and gate.on_run), then the HTML report; the worst exit code wins."""
     gated = EXIT_OK
@@ -308,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--version", default=None, help="the version to promote")
     chosen.add_argument("--alias", default=None, help="the version an alias points at (e.g. certified)")
     promote.add_argument("--to", required=True, metavar="ALIAS", help="the alias to set, e.g. production")
+    check_version = step("check-version", cmd_check_version, "re-check a registered version's certificates and weights, read-only (exit 0 passes, 1 refused, 2 error)")
+    check_version.add_argument("--model", required=True, help="registered model name")
+    checked = check_version.add_mutually_exclusive_group(required=True)
+    checked.add_argument("--version", default=None, help="the version to check")
+    checked.add_argument("--alias", default=None, help="the version an alias points at (e.g. certified)")
     run = step("run", cmd_run, "run every step end to end into --out, then the gate and the HTML report", device=True)
     run.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG", help="YAML config (same as --config)")
 

@@ -8,6 +8,8 @@ from typing import Any
 from auditai_ops.verify.check import Check
 
 PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
+CHECK = "check"
+"""The action of a read-only check (it moves no alias)."""
 EXIT_CODES = {PASS: 0, FAIL: 1, ERROR: 2}
 
 
@@ -31,8 +33,8 @@ class GateDecision:
 
     @property
     def exit_code(self) -> int:
-        """0 promoted, 1 refused by a check, 2 error (a PASS that did not set the alias is an error)."""
-        if self.decision == PASS and not self.promoted:
+        """0 promoted (a check: passed), 1 refused by a check, 2 error (a gate or promotion PASS that did not set the alias is an error)."""
+        if self.decision == PASS and not self.promoted and self.action != CHECK:
             return EXIT_CODES[ERROR]
         return EXIT_CODES[self.decision]
 
@@ -46,7 +48,10 @@ class GateDecision:
 def render_decision(decision: GateDecision) -> str:
     """One headline, then one line per check, like a test report."""
     target = f"{decision.model_name} version {decision.version}" if decision.version else f"{decision.model_name} (no version)"
-    if decision.promoted:
+    if decision.action == CHECK:
+        verdict = "passed: every check holds" if decision.decision == PASS else "refused"
+        headline = f"{decision.action}: {decision.decision}: {target} {verdict}"
+    elif decision.promoted:
         headline = f"{decision.action}: {decision.decision}: {target} passed; alias '{decision.alias}' -> version {decision.alias_version}"
     else:
         headline = f"{decision.action}: {decision.decision}: {target} refused; alias '{decision.alias}' not set"

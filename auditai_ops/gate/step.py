@@ -24,7 +24,7 @@ from auditai_ops.config import AuditConfig, GateConfig
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import write_json
 from auditai_ops.gate.checks import Check, package_certificates_digest, package_checks
-from auditai_ops.gate.decision import ERROR, FAIL, PASS, GateDecision
+from auditai_ops.gate.decision import CHECK, ERROR, FAIL, PASS, GateDecision
 from auditai_ops.gate.package import build_package, package_hashes
 from auditai_ops.gate.registry import GATE_TAG, Deadline, alias_version, audit_key, converge_alias, download_version, model_version_url, register_once
 from auditai_ops.layout import GATE_FILE
@@ -161,16 +161,87 @@ def _summary_verdict(package: Path) -> str:
         return "missing"
 
 
+def version_checks(client: Any, tracking_uri: str, version: Any) -> tuple[list[Check], dict[str, str], str | None]:
+    """Every check of a registered version's own package, that its tags name those certificates, its weight hashes and certificates digest."""
+    with tempfile.TemporaryDirectory(prefix="auditai-version-") as folder:
+        try:
+            package = download_version(client, tracking_uri, version, Path(folder))
+        except AuditInputError as error:  # not an auditai package: no certificate to rely on
+            checks, weights, digest = [Check("certificates", False, f"version {version.version} carries no audit ({error})")], {}, None
+        else:
+            checks, weights = package_checks(package)
+            digest = package_certificates_digest(package)
+    tagged = version.tags.get("auditai.certificates_digest")
+    checks.append(Check("version tags name these certificates", tagged == digest, f"tag {tagged}, certificates {digest}"))
+    return checks, weights, digest
+
+
+def check_version(config: AuditConfig, out_dir: Path, model_name: str, version: str | None, alias: str | None) -> GateDecision:
+    """Whether a registered version (by number or alias) may be deployed: the checks of `promote`, read-only (nothing is written to the registry)."""
+    if not config.tracking.enabled:
+        raise AuditInputError("check: tracking.enabled is false, but checking a version needs the MLflow model registry")
+    _validate_choice("check", model_name, version, alias)
+    shown = alias or ""
+
+    def refused(reason: str) -> GateDecision:
+        return GateDecision(CHECK, ERROR, model_name, shown, version, reasons=(reason,))
+
+    def work(deadline: Deadline) -> GateDecision:
+        target = resolve_target(config.tracking, out_dir)
+        client = tracking_client(target.tracking_uri)
+        chosen = _registered_version(client, model_name, version, alias)
+        if chosen is None:
+            missing = f"version {version}" if version is not None else f"alias '{alias}'"
+            return GateDecision(CHECK, FAIL, model_name, shown, version, reasons=(f"{model_name} {missing}: not in the registry",))
+        checks, weights, digest = version_checks(client, target.tracking_uri, chosen)
+        reasons = _failed_reasons(checks)
+        return GateDecision(
+            CHECK,
+            PASS if not reasons else FAIL,
+            model_name,
+            shown,
+            str(chosen.version),
+            reasons=reasons,
+            checks=tuple(checks),
+            certificates_digest=digest,
+            weights=weights,
+            model_version_url=model_version_url(target.tracking_uri, model_name, str(chosen.version)),
+        )
+
+    return _with_time_limit(config.gate.timeout_seconds, work, refused)
+
+
+def _registered_version(client: Any, name: str, version: str | None, alias: str | None) -> Any | None:
+    """The version given by number or alias; None when the model, the version or the alias does not exist (other registry errors raise)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias is not None:
+            version = client.get_registered_model(name).aliases.get(alias)
+            if version is None:
+                return None
+        return client.get_model_version(name, str(version))
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def _validate_choice(action: str, model_name: str, version: str | None, alias: str | None, target_alias: str | None = None) -> None:
+    """Bad input before any registry call: the model name and target alias as the config would accept them, and exactly one of version and alias."""
+    try:
+        GateConfig(model_name=model_name, **({"alias": target_alias} if target_alias else {}))
+    except ValidationError:
+        raise AuditInputError(f"{action}: '{model_name}' is not a valid model name or '{target_alias}' not a valid alias (letters, digits, '_', '.', '-')") from None
+    if (version is None) == (alias is None):
+        raise AuditInputError(f"{action}: give exactly one of --version and --alias")
+
+
 def promote_version(config: AuditConfig, out_dir: Path, model_name: str, version: str | None, alias: str | None, target_alias: str) -> GateDecision:
     """Set `target_alias` on a version (given by number or alias) only if its own package passes every check."""
     if not config.tracking.enabled:
         raise AuditInputError("promote: tracking.enabled is false, but promotion needs the MLflow model registry")
-    try:
-        GateConfig(model_name=model_name, alias=target_alias)
-    except ValidationError:
-        raise AuditInputError(f"promote: '{model_name}' is not a valid model name or '{target_alias}' not a valid alias (letters, digits, '_', '.', '-')") from None
-    if (version is None) == (alias is None):
-        raise AuditInputError("promote: give exactly one of --version and --alias")
+    _validate_choice("promote", model_name, version, alias, target_alias)
 
     def refused(reason: str) -> GateDecision:
         return GateDecision("promote", ERROR, model_name, target_alias, version, reasons=(reason,))
@@ -189,16 +260,7 @@ def _promote(
     )
     run_id = run.info.run_id
     try:
-        with tempfile.TemporaryDirectory(prefix="auditai-promote-") as folder:
-            try:
-                package = download_version(client, target.tracking_uri, chosen, Path(folder))
-            except AuditInputError as error:  # not an auditai package: no certificate to promote on
-                checks, weights, digest = [Check("certificates", False, f"version {chosen.version} carries no audit ({error})")], {}, None
-            else:
-                checks, weights = package_checks(package)
-                digest = package_certificates_digest(package)
-        tagged = chosen.tags.get("auditai.certificates_digest")
-        checks.append(Check("version tags name these certificates", tagged == digest, f"tag {tagged}, certificates {digest}"))
+        checks, weights, digest = version_checks(client, target.tracking_uri, chosen)
         reasons = _failed_reasons(checks)
         decision = GateDecision(
             "promote",

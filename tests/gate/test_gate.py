@@ -18,7 +18,7 @@ from auditai_ops.cli.main import main
 from auditai_ops.config import AuditConfig, parse_config
 from auditai_ops.gate.decision import ERROR, FAIL, PASS
 from auditai_ops.gate.package import certificates_digest
-from auditai_ops.gate.step import gate_audit, promote_version
+from auditai_ops.gate.step import check_version, gate_audit, promote_version
 from auditai_ops.tracking.store import PARENT_RUN_ENV, resolve_target
 
 pytestmark = pytest.mark.slow
@@ -235,3 +235,34 @@ def test_a_gate_that_loses_the_registration_race_keeps_the_first_version(audit: 
     assert (second.decision, second.version, second.promoted) == (PASS, first.version, True)
     assert _versions(client) == [first.version], "the loser's version is deleted"
     assert _alias(client, "certified") == first.version
+
+
+def test_check_version_passes_a_certified_version_refuses_the_rest_and_changes_nothing(audit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    certified = gate_audit(_config(), audit)
+    client = _client(audit)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "weights.bin").write_bytes(b"not audited")
+    plain = client.create_model_version(MODEL, str(tmp_path / "plain"))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs_before = len(client.search_runs(experiments))
+    tags_before = {v.version: dict(v.tags) for v in client.search_model_versions(f"name = '{MODEL}'")}
+
+    passed = check_version(_config(), audit, MODEL, None, "certified")
+    assert (passed.decision, passed.version, passed.exit_code, passed.promoted) == (PASS, certified.version, 0, False)
+    tagged = client.get_model_version(MODEL, certified.version).tags
+    assert passed.weights == {k.removeprefix("auditai.weights."): v for k, v in tagged.items() if k.startswith("auditai.weights.")}
+    assert passed.certificates_digest == tagged["auditai.certificates_digest"]
+    assert main(["check-version", "--config", str(SMALL), "--out", str(audit), "--model", MODEL, "--version", certified.version]) == 0
+    assert f"check: PASS: {MODEL} version {certified.version} passed" in capsys.readouterr().out
+
+    unaudited = check_version(_config(), audit, MODEL, str(plain.version), None)
+    assert unaudited.decision == FAIL and unaudited.exit_code == 1 and "carries no audit" in unaudited.reasons[0]
+    for version, alias in (("99", None), (None, "production")):
+        missing = check_version(_config(), audit, MODEL, version, alias)
+        assert missing.decision == FAIL and "not in the registry" in missing.reasons[0]
+    assert main(["check-version", "--config", str(SMALL), "--out", str(audit), "--model", MODEL, "--version", str(plain.version)]) == 1
+    assert "check: FAIL" in capsys.readouterr().out
+
+    assert len(client.search_runs(experiments)) == runs_before  # read-only: no runs, tags or aliases written
+    assert {v.version: dict(v.tags) for v in client.search_model_versions(f"name = '{MODEL}'")} == tags_before
+    assert _alias(client, "certified") == certified.version and _alias(client, "production") is None
