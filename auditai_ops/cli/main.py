@@ -63,11 +63,11 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _tracked(config: AuditConfig, args: argparse.Namespace, step: str, new_audit: bool = False) -> Iterator[None]:
+def _tracked(config: AuditConfig, args: argparse.Namespace, step: str) -> Iterator[None]:
     """Log the step to MLflow as a nested run of the audit (a no-op with tracking.enabled: false)."""
     from auditai_ops.tracking.steps import track_step
 
-    with track_step(config.tracking, args.out, step, config, args.config, new_audit):
+    with track_step(config.tracking, args.out, step, config, args.config):
         yield
 
 
