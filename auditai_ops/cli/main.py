@@ -136,7 +136,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         step()
         print(f"[auditai run] {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     print("[auditai run] verify ...", flush=True)
-    return _verify_and_report(config, inputs, args.out, base)
+    code = _verify_and_report(config, inputs, args.out, base)
+    return _repair(config, inputs, args.out, base) if code == EXIT_SPEC_FAILED and config.finetune.repair else code
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from auditai_ops.finetune.step import PASSED_VALIDATION, finetune_model, specs_to_train
+
+    config, inputs = _inputs(args)
+    if not specs_to_train(config.finetune, config.unit_tests, args.out):
+        print("nothing to fine-tune: every unit test passes (name unit tests under finetune.specs to train anyway)")
+        return EXIT_OK
+    base = Path(args.config).resolve().parent if args.config else None
+    result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, args.out, base)
+    print(result.describe())
+    return EXIT_OK if result.status == PASSED_VALIDATION else EXIT_SPEC_FAILED
+
+
+def _repair(config: AuditConfig, inputs: StepInputs, out: Path, base: Path | None) -> int:
+    """`finetune.repair: true`: fine-tune on the failing specs, re-audit the candidate into <out>/repaired, compare."""
+    from auditai_ops.finetune.repair import REPAIR_RECORD, REPAIRED_DIR, repair_audit, repair_table
+
+    print("[auditai run] repair: certified fine-tuning on the failing unit tests ...", flush=True)
+    started = time.perf_counter()
+    outcome = repair_audit(config, _generator(config, inputs, base), inputs, out, base)
+    print(f"[auditai run] fine-tuning and re-audit done in {time.perf_counter() - started:.1f} s\n{outcome.finetune.describe()}\n")
+    print(repair_table(outcome.rows))
+    if outcome.after is None:
+        print(f"\nrepair: the original model is kept ({outcome.finetune.message}); see {out / REPAIR_RECORD}")
+        return EXIT_SPEC_FAILED
+    print(f"\nrepaired audit verdict: {outcome.after['verdict'].upper()}; certificates in {out / REPAIRED_DIR}, comparison in {out / REPAIR_RECORD}")
+    return EXIT_OK if outcome.passed else EXIT_SPEC_FAILED
 
 
 def cmd_certificate_check(args: argparse.Namespace) -> int:
@@ -172,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     step("discover-directions", cmd_discover_directions, "find calibrated semantic directions in latent space")
     step("train-classifier", cmd_train_classifier, "train the audited classifier head on the latents")
     step("verify", cmd_verify, "prove or falsify every unit test; write certificates, summary.json, junit.xml", device=True)
-    run = step("run", cmd_run, "run every step end to end into --out", device=True)
+    step("finetune", cmd_finetune, "certified fine-tuning against the failing unit tests (summary.json) or finetune.specs; writes a candidate model", device=True)
+    run = step("run", cmd_run, "run every step end to end into --out (with finetune.repair: fine-tune and re-audit when a spec fails)", device=True)
     run.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG", help="YAML config (same as --config)")
 
     certificate = sub.add_parser("certificate", help="work with certificates", description="work with certificates")
