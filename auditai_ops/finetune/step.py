@@ -237,26 +237,8 @@ def finetune_model(
         TrainingSpec(t.spec.name, t.matrix, t.t_low, t.t_high, train.labels if t.spec.property == "true_label" else parent_predictions) for t in tests
     ]
     before = validate(audited, tests, valid, settings, verify_settings, device)
-    clean_floor = before.clean_accuracy - settings.clean_accuracy_drop
     trainer = CertifiedTrainer(network, list(audited.classifier.parameters()), training_specs, settings, device)
-    rng = np.random.default_rng(settings.seed)
-    best: tuple[tuple[int, float], Validation, dict[str, torch.Tensor]] | None = None
-    history = []
-    for epoch in progress(iterable=range(1, settings.epochs + 1), desc="certified fine-tuning", unit="epoch"):
-        epoch_started = time.perf_counter()
-        entry: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(train.latents, train.labels, rng)}
-        entry["train_seconds"] = time.perf_counter() - epoch_started
-        history.append(entry)
-        if epoch <= settings.warmup_epochs:
-            continue
-        current = validate(audited, tests, valid, settings, verify_settings, device)
-        entry["validation_seconds"] = time.perf_counter() - epoch_started - entry["train_seconds"]
-        within_budget = current.clean_accuracy >= clean_floor - 1e-12
-        entry.update(validation=current.as_dict(), within_budget=within_budget)
-        if within_budget and current.score() > (before.score() if best is None else best[0]):
-            best = (current.score(), current, {k: v.detach().clone() for k, v in audited.classifier.state_dict().items()})
-        if within_budget and all(current.slack(name) >= settings.early_stop_margin for name in current.specs):
-            break
+    best, history = _train_and_select(trainer, audited, tests, train, valid, before, settings, verify_settings, device)
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": "auditai.finetune",
@@ -266,7 +248,12 @@ def finetune_model(
         "mode": model_settings.mode,
         "settings": settings.model_dump(mode="json"),
         "parent": parent,
-        "validation": {"before": before.as_dict(), "clean_accuracy_floor": clean_floor, "samples": settings.validation_samples, "clean_samples": len(valid.ids)},
+        "validation": {
+            "before": before.as_dict(),
+            "clean_accuracy_floor": before.clean_accuracy - settings.clean_accuracy_drop,
+            "samples": settings.validation_samples,
+            "clean_samples": len(valid.ids),
+        },
         "history": history,
     }
     record_path = out_dir / FINETUNE_DIR / FINETUNE_RECORD
@@ -281,6 +268,8 @@ def finetune_model(
             )
         record.update(status=status, candidate=None, message=message, seconds=time.perf_counter() - started)
         write_json(record_path, record)
+        for stale in (candidate_path, candidate_path.with_suffix(".json")):  # an earlier run's candidate must not outlive this verdict
+            stale.unlink(missing_ok=True)
         return FinetuneResult(status, tuple(names), parent["weights_sha256"], None, None, audited.classifier_hash, before, None, record_path, message)
     _, after, state = best
     audited.classifier.load_state_dict(state)
@@ -297,6 +286,43 @@ def finetune_model(
     result = FinetuneResult(status, tuple(names), parent["weights_sha256"], candidate_path, candidate_sha256, audited.classifier_hash, before, after, record_path, message)
     _check_round_trip(result, model_settings, generator, inputs, base_dir)
     return result
+
+
+_Best = tuple[tuple[int, float], Validation, dict[str, torch.Tensor]]
+
+
+def _train_and_select(
+    trainer: CertifiedTrainer,
+    audited: AuditedModel,
+    tests: list[ResolvedUnitTest],
+    train: AuditSamples,
+    valid: AuditSamples,
+    before: Validation,
+    settings: FinetuneConfig,
+    verify_settings: VerifyConfig,
+    device: torch.device,
+) -> tuple[_Best | None, list[dict[str, Any]]]:
+    """Train epoch by epoch; keep the best validated state within the clean budget that beats the parent; stop early when every spec clears its margin."""
+    clean_floor = before.clean_accuracy - settings.clean_accuracy_drop
+    rng = np.random.default_rng(settings.seed)
+    best: _Best | None = None
+    history: list[dict[str, Any]] = []
+    for epoch in progress(iterable=range(1, settings.epochs + 1), desc="certified fine-tuning", unit="epoch"):
+        epoch_started = time.perf_counter()
+        entry: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(train.latents, train.labels, rng)}
+        entry["train_seconds"] = time.perf_counter() - epoch_started
+        history.append(entry)
+        if epoch <= settings.warmup_epochs:
+            continue
+        current = validate(audited, tests, valid, settings, verify_settings, device)
+        entry["validation_seconds"] = time.perf_counter() - epoch_started - entry["train_seconds"]
+        within_budget = current.clean_accuracy >= clean_floor - 1e-12
+        entry.update(validation=current.as_dict(), within_budget=within_budget)
+        if within_budget and current.score() > (before.score() if best is None else best[0]):
+            best = (current.score(), current, {k: v.detach().clone() for k, v in audited.classifier.state_dict().items()})
+        if within_budget and all(current.slack(name) >= settings.early_stop_margin for name in current.specs):
+            break
+    return best, history
 
 
 def _check_round_trip(result: FinetuneResult, model_settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SPEC, generator_and_inputs, synthetic_config
+from finetune_synthetic import SPEC, generator_and_inputs, synthetic_config
 
 from auditai_ops.classifier.head import accuracy, load_head
 from auditai_ops.config import ModelConfig, RangeConfig

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SPEC, generator_and_inputs, synthetic_config
+from finetune_synthetic import SPEC, generator_and_inputs, synthetic_config
 
-from auditai_ops.cli.main import main
-from auditai_ops.config import FinetuneConfig, parse_config
+from auditai_ops.cli.main import _repair, main
+from auditai_ops.config import FinetuneConfig, load_config, parse_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import write_npz
 from auditai_ops.finetune.step import FINETUNE_DIR, FINETUNE_RECORD, finetune_model, load_training_splits, specs_to_train
 from auditai_ops.finetune.train import box_pieces, schedule_at
+from auditai_ops.layout import resolve_inputs
 from auditai_ops.verify.step import load_test_samples
 
 
@@ -83,20 +84,20 @@ def test_the_candidate_never_overwrites_its_parent(synthetic_audit: Path, tmp_pa
         finetune_model(config.finetune, config.unit_tests, config.verify, config.model, generator, inputs, folder, specs=(SPEC.name,))
 
 
-def _write_config(path: Path, finetune: str) -> Path:
-    path.write_text(
-        "verify: {samples: 300, batch_size: 512, max_pieces: 16}\n"
-        f"finetune: {finetune}\n"
-        "unit_tests:\n  - {name: x1_within_3, direction: x1, range: {low: -3, high: 3, units: latent}, threshold: 0.9}\n"
-    )
+QUICK_SETTINGS = "{epochs: 12, ramp_epochs: 2, pieces: 4, batch_size: 256, samples_per_epoch: null, learning_rate: 0.02, kappa_end: 0.5, validation_samples: 200}"
+X1_WITHIN_3 = "{name: x1_within_3, direction: x1, range: {low: -3, high: 3, units: latent}, threshold: 0.9}"
+BOTH_WITHIN_4_5 = "{name: both_within_4.5, direction: [x1, x2], range: [{low: -4.5, high: 4.5, units: latent}, {low: -4.5, high: 4.5, units: latent}]}"
+
+
+def _write_config(path: Path, finetune: str, unit_test: str = X1_WITHIN_3) -> Path:
+    path.write_text(f"verify: {{samples: 300, batch_size: 512, max_pieces: 16}}\nfinetune: {finetune}\nunit_tests:\n  - {unit_test}\n")
     return path
 
 
 def test_finetune_command(synthetic_audit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "audit"
     shutil.copytree(synthetic_audit, folder)
-    settings = "{epochs: 12, ramp_epochs: 2, pieces: 4, batch_size: 256, samples_per_epoch: null, learning_rate: 0.02, kappa_end: 0.5, validation_samples: 200}"
-    config = _write_config(tmp_path / "audit.yaml", settings)
+    config = _write_config(tmp_path / "audit.yaml", QUICK_SETTINGS)
     assert main(["finetune", "--config", str(config), "--out", str(folder)]) == 2  # no summary.json yet
     assert "summary.json': file not found" in capsys.readouterr().err
     assert main(["verify", "--config", str(config), "--out", str(folder)]) == 1
@@ -122,3 +123,23 @@ def test_box_pieces_cover_the_box() -> None:
     assert low.min(axis=0).tolist() == [-1.0, 0.0] and high.max(axis=0).tolist() == [1.0, 4.0]
     one_low, one_high = box_pieces(np.array([-2.0]), np.array([2.0]), 8)
     assert one_low[:, 0].tolist() == [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5] and one_high[-1, 0] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("unit_test", "settings", "code", "expected"),
+    [
+        (X1_WITHIN_3, QUICK_SETTINGS, 0, "FAIL -> PASS"),
+        (BOTH_WITHIN_4_5, "{epochs: 3, ramp_epochs: 0, kappa_start: 0, kappa_end: 0, learning_rate: 0.1, batch_size: 64, validation_samples: 50}", 1, "original model is kept"),
+    ],
+)
+def test_the_repair_step_of_auditai_run(synthetic_audit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], unit_test: str, settings: str, code: int, expected: str) -> None:
+    """What `auditai run` does after a failing audit with finetune.repair: true (the earlier steps need a real dataset)."""
+    folder = tmp_path / "audit"
+    shutil.copytree(synthetic_audit, folder)
+    config_path = _write_config(tmp_path / "audit.yaml", settings.replace("{", "{repair: true, ", 1), unit_test)
+    assert main(["verify", "--config", str(config_path), "--out", str(folder)]) == 1
+    config = load_config(config_path)
+    assert config.finetune.repair
+    assert _repair(config, resolve_inputs(folder, config.inputs), folder, tmp_path) == code
+    assert expected in capsys.readouterr().out
+    assert json.loads((folder / "repair.json").read_text())["passed"] is (code == 0)
