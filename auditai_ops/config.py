@@ -171,7 +171,8 @@ class ModelConfig(_Section):
     images, verified as classifier o decoder over the latent box with the decoder inside
     the bounded graph; `classifier` is a TorchScript file, an ONNX file, 'package.module:factory'
     (with safetensors `weights`), or an MLflow model URI; without it, head o encoder is
-    audited on decoded images.
+    audited on decoded images. With another form than a factory, `weights` replace the loaded
+    classifier's (a fine-tuned candidate written by `auditai finetune`).
     """
 
     mode: Literal["latent", "pixel"] = "latent"

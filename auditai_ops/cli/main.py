@@ -143,11 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from auditai_ops.finetune.step import PASSED_VALIDATION, finetune_model, specs_to_train
 
-    config, inputs = _inputs(args)
+    config, base = _config_and_base(args)
+    inputs = resolve_inputs(args.out, config.inputs, base)
     if not specs_to_train(config.finetune, config.unit_tests, args.out):
         print("nothing to fine-tune: every unit test passes (name unit tests under finetune.specs to train anyway)")
         return EXIT_OK
-    base = Path(args.config).resolve().parent if args.config else None
     result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, args.out, base)
     print(result.describe())
     return EXIT_OK if result.status == PASSED_VALIDATION else EXIT_SPEC_FAILED
