@@ -262,7 +262,6 @@ def _repair(config: AuditConfig, args: argparse.Namespace, inputs: StepInputs, b
     from auditai_ops.finetune.repair import REPAIR_RECORD, REPAIRED_DIR, repair_audit, repair_table
 
     out = Path(args.out)
-
     print("[auditai run] repair: certified fine-tuning on the failing unit tests ...", flush=True)
     started = time.perf_counter()
     outcome = repair_audit(config, _generator(config, inputs, base), inputs, out, base)

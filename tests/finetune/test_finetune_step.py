@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from dataclasses import replace
@@ -140,6 +141,6 @@ def test_the_repair_step_of_auditai_run(synthetic_audit: Path, tmp_path: Path, c
     assert main(["verify", "--config", str(config_path), "--out", str(folder)]) == 1
     config = load_config(config_path)
     assert config.finetune.repair
-    assert _repair(config, resolve_inputs(folder, config.inputs), folder, tmp_path) == code
+    assert _repair(config, argparse.Namespace(out=folder, config=config_path), resolve_inputs(folder, config.inputs), tmp_path) == code
     assert expected in capsys.readouterr().out
     assert json.loads((folder / "repair.json").read_text())["passed"] is (code == 0)
