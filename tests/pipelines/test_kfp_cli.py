@@ -9,9 +9,10 @@ import yaml
 
 pytest.importorskip("kfp", reason="the kfp extra is not installed")
 
+from kfp_standin import kfp_stand_in  # noqa: E402
+
 from auditai_ops.cli.main import main  # noqa: E402
 from pipelines.kfp_cli import PIPELINE_YAML, compile_pipeline  # noqa: E402
-from kfp_standin import kfp_stand_in  # noqa: E402
 
 SMALL_CONFIG = Path(__file__).parents[1] / "cli" / "small.yaml"
 
