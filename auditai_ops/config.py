@@ -173,7 +173,8 @@ class ModelConfig(_Section):
     images, verified as classifier o decoder over the latent box with the decoder inside
     the bounded graph; `classifier` is a TorchScript file, an ONNX file, 'package.module:factory'
     (with safetensors `weights`), or an MLflow model URI; without it, head o encoder is
-    audited on decoded images.
+    audited on decoded images. With another form than a factory, `weights` replace the loaded
+    classifier's (a fine-tuned candidate written by `auditai finetune`).
     """
 
     mode: Literal["latent", "pixel"] = "latent"
@@ -239,6 +240,49 @@ class GateConfig(_Section):
     on_run: bool = True
 
 
+class FinetuneConfig(_Section):
+    """Certified fine-tuning of the audited model against unit tests it fails (`auditai finetune`; `repair: true` in `auditai run`).
+
+    Training minimises kappa * clean cross-entropy + (1 - kappa) * robust cross-entropy, the
+    latter on the IBP or CROWN-IBP lower bounds of the margins over each spec's latent box.
+    Epochs: `warmup_epochs` of clean loss, then `ramp_epochs` in which the box grows from the
+    point t = 0 to the spec's box widened by `range_margin` (and kappa moves from
+    `kappa_start` to `kappa_end`), then the full box. Each box is bounded as `pieces` equal
+    sub-boxes (the worst one counts): the branch and bound of the audit, in miniature. After every epoch past the warm-up,
+    certified accuracy at the spec's box is measured by the verifier on `validation_samples`
+    of the valid split (disjoint from the audit's test samples); training stops once every
+    spec clears its threshold by `early_stop_margin`. A candidate whose clean accuracy on the
+    valid split drops by more than `clean_accuracy_drop` is never kept.
+    """
+
+    repair: bool = False
+    specs: tuple[str, ...] | None = None
+    method: Literal["IBP", "CROWN-IBP"] = "CROWN-IBP"
+    epochs: PositiveInt = 10
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    ramp_epochs: Annotated[int, Field(ge=0)] = 3
+    range_margin: NonNegativeFloat = 0.1
+    pieces: PositiveInt = 8
+    kappa_start: Probability = 1.0
+    kappa_end: Probability = 0.7
+    learning_rate: Annotated[float, Field(gt=0.0)] = 5e-4
+    weight_decay: NonNegativeFloat = 0.0
+    batch_size: PositiveInt = 512
+    samples_per_epoch: PositiveInt | None = 4000
+    clean_accuracy_drop: Probability = 0.01
+    validation_samples: PositiveInt = 1000
+    early_stop_margin: Probability = 0.02
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> FinetuneConfig:
+        if self.warmup_epochs + self.ramp_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs + ramp_epochs ({self.warmup_epochs} + {self.ramp_epochs}) must be < epochs ({self.epochs}): the full range needs an epoch")
+        if self.specs is not None and not self.specs:
+            raise ValueError("specs: name at least one unit test, or leave it out to take the failing ones")
+        return self
+
+
 class AuditConfig(_Section):
     """A whole audit: the pipeline steps' settings and the unit tests."""
 
@@ -252,6 +296,7 @@ class AuditConfig(_Section):
     directions: DirectionsConfig = DirectionsConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     verify: VerifyConfig = VerifyConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     unit_tests: tuple[UnitTestConfig, ...] = ()
 
     @field_validator("unit_tests")

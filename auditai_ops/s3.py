@@ -18,7 +18,7 @@ from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import atomic_path, write_text
 
 SCHEME = "s3://"
-ENDPOINT_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+ENDPOINT_ENV = "MLFLOW_S3_ENDPOINT_URL"
 
 
 def is_s3_uri(text: str) -> bool:
@@ -39,7 +39,7 @@ def s3_client() -> Any:
         import boto3
     except ImportError:
         raise AuditInputError("s3:// references need boto3: pip install auditai-ops[s3]") from None
-    endpoint = next((os.environ[name] for name in ENDPOINT_ENV if os.environ.get(name)), None)
+    endpoint = os.environ.get(ENDPOINT_ENV) or None  # None: boto3's own resolution (AWS_ENDPOINT_URL, config files, AWS)
     return boto3.session.Session().client("s3", endpoint_url=endpoint)  # a fresh session reads the credentials from the environment now
 
 

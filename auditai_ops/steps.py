@@ -10,6 +10,8 @@ is given one (an orchestrator passes the config file's folder), else to the work
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from pydantic import ValidationError
 from auditai_ops.config import AuditConfig, InputsConfig, VerifyConfig, load_config, parse_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.latent.generator import Generator
-from auditai_ops.layout import CLASSIFIER_DIR, DIRECTIONS_DIR, HEAD_FILE, LATENT_DIR, LATENTS_FILE, VAE_FILE, StepInputs, resolve_inputs
+from auditai_ops.layout import CLASSIFIER_DIR, DIRECTIONS_DIR, HEAD_FILE, LATENT_DIR, LATENTS_FILE, SHARDS_DIR, TRACKING_FILE, VAE_FILE, StepInputs, resolve_inputs
 
 
 def config_from_text(config_yaml: str) -> AuditConfig:
@@ -163,3 +165,41 @@ def merge_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_di
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
     generator = audit_generator(config, inputs, base_dir)
     return merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, find_shard_files([Path(d) for d in shard_dirs]), Path(audit_dir), base_dir)
+
+
+def assemble_audit_folder(target: Path, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path) -> Path:
+    """Copy the step folders into one audit folder with the standard layout (what `auditai run` leaves), at `target`."""
+    target = Path(target)
+    for source in (latent_dir, directions_dir, head_dir, audit_dir):
+        shutil.copytree(Path(source), target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(SHARDS_DIR, TRACKING_FILE, ".tracking.lock", "mlflow"))
+    return target
+
+
+def report_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, report_path: Path) -> Path:
+    """The self-contained HTML report of the audit, written to `report_path`."""
+    from auditai_ops.report.html import write_html_report
+
+    config_from_text(config_yaml)
+    with tempfile.TemporaryDirectory(prefix="auditai-report-") as scratch:
+        folder = assemble_audit_folder(Path(scratch), latent_dir, directions_dir, head_dir, audit_dir)
+        written = write_html_report(folder)
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(written, report_path)
+    return Path(report_path)
+
+
+def gate_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, gate_dir: Path) -> dict[str, Any]:
+    """Register the audited model in MLflow and set the gate alias only past passing, matching certificates; the decision (also in `gate_dir/gate.json`)."""
+    from auditai_ops.gate.step import gate_audit
+
+    config = config_from_text(config_yaml)
+    folder = assemble_audit_folder(Path(gate_dir), latent_dir, directions_dir, head_dir, audit_dir)
+    return gate_audit(config.model_copy(update={"inputs": InputsConfig()}), folder).as_dict()
+
+
+def promote_step(config_yaml: str, model_name: str, version: str, target_alias: str, work_dir: Path) -> dict[str, Any]:
+    """Set `target_alias` on registered version `version` only if its own certificates pass and match its weights; the decision."""
+    from auditai_ops.gate.step import promote_version
+
+    config = config_from_text(config_yaml)
+    return promote_version(config, Path(work_dir), model_name, version, None, target_alias).as_dict()

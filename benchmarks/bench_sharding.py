@@ -50,7 +50,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         config = {
-            "inputs": {"vae": str(run / "latent/vae.safetensors"), "latents": str(run / "latent/latents.npz"), "directions": str(run / "directions"), "head": str(run / "classifier/head.safetensors")},
+            "inputs": {
+                "vae": str(run / "latent/vae.safetensors"),
+                "latents": str(run / "latent/latents.npz"),
+                "directions": str(run / "directions"),
+                "head": str(run / "classifier/head.safetensors"),
+            },
+            "tracking": {"enabled": False},
             "model": {"mode": "pixel"},
             "verify": {"samples": args.samples, "block_size": args.block_size},
             "unit_tests": [{"name": "slant_within_5deg", "direction": "slant", "range": {"low": -5, "high": 5}, "threshold": 0.9}],
@@ -62,7 +68,8 @@ def main() -> None:
         one_process = time.perf_counter() - started
         started = time.perf_counter()
         sharded = folder / "sharded"
-        workers = [_auditai(["verify", "--config", str(config_path), "--out", str(sharded), "--shard", f"{i}/{args.workers}"], max(1, cores // args.workers)) for i in range(args.workers)]
+        threads = max(1, cores // args.workers)
+        workers = [_auditai(["verify", "--config", str(config_path), "--out", str(sharded), "--shard", f"{i}/{args.workers}"], threads) for i in range(args.workers)]
         codes = [worker.wait() for worker in workers]
         _auditai(["merge", "--config", str(config_path), "--out", str(sharded)], cores).wait()
         many_processes = time.perf_counter() - started

@@ -57,6 +57,7 @@ class Runtime:
     config_map: EnvSource
     secrets: dict[str, EnvSource]
     per_run_env: tuple[str, ...]
+    local_env: tuple[str, ...]
     third_party_env: dict[str, str]
     mlflow: Service
     s3: Service
@@ -100,6 +101,7 @@ def runtime() -> Runtime:
         config_map=_env_source(raw.get("config_map"), "config_map"),
         secrets={role: _env_source(entry, f"secrets.{role}") for role, entry in secrets.items()},
         per_run_env=tuple(_field(raw, "per_run_env", list, "")),
+        local_env=tuple(_field(raw, "local_env", list, "")),
         third_party_env=dict(_field(raw, "third_party_env", dict, "")),
         mlflow=Service(**_field(raw, "mlflow", dict, "")),
         s3=Service(**_field(raw, "s3", dict, "")),

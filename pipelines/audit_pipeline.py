@@ -1,7 +1,8 @@
-"""The audit pipeline: map latents, directions and classifier, sharded verification, merge, then the gate.
+"""The audit pipeline: map latents, directions and classifier, sharded verification, merge, report, then the gate.
 
-    map-latents -> discover-directions, train-classifier -> ParallelFor(verify-shard) -> merge
-      -> dsl.If(verdict == pass): ...
+    map-latents -> discover-directions, train-classifier -> ParallelFor(verify-shard) -> merge -> report
+      dsl.If(verdict == pass): gate (registers the model version, sets the `certified` alias past matching certificates)
+      dsl.Else: no promotion (the report and the certificates say why)
 
 Verification shards run on GPUs when the pipeline is compiled with an accelerator type
 (set_accelerator_type / set_accelerator_limit, the CUDA image, and the GPU node toleration),
@@ -12,8 +13,10 @@ Secret (names in infra/runtime.yaml), never as values in the pipeline.
 from kfp import dsl, kubernetes
 
 from components.discover_directions import discover_directions
+from components.gate import gate
 from components.map_latents import map_latents
 from components.merge import merge
+from components.report import report
 from components.runtime import CUDA_IMAGE, RUNTIME
 from components.train_classifier import train_classifier
 from components.verify_shard import verify_shard
@@ -47,28 +50,21 @@ def build_pipeline(shards: int = DEFAULT_SHARDS, accelerator: str | None = DEFAU
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Verified semantic unit tests (AuditAI): prove every spec, gate the model version on the certificates.")
     def audit_pipeline(config_yaml: str = "", verify_device: str = "cuda" if accelerator else "cpu") -> str:
-        latent = map_latents(config_yaml=config_yaml).set_display_name("map latents")
-        directions = discover_directions(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("discover directions")
-        head = train_classifier(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("train classifier")
+        latent = with_cluster_env(map_latents(config_yaml=config_yaml).set_display_name("map latents"))
+        directions = with_cluster_env(discover_directions(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("discover directions"))
+        head = with_cluster_env(train_classifier(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("train classifier"))
+        models = {"latent": latent.outputs["latent"], "directions": directions.outputs["directions"], "head": head.outputs["head"]}
         with dsl.ParallelFor(items=list(range(shards)), name="verification-shards") as index:
-            shard = verify_shard(
-                config_yaml=config_yaml,
-                device=verify_device,
-                shard_index=index,
-                shard_count=shards,
-                latent=latent.outputs["latent"],
-                directions=directions.outputs["directions"],
-                head=head.outputs["head"],
-            ).set_display_name("verify shard")
+            shard = with_cluster_env(
+                verify_shard(config_yaml=config_yaml, device=verify_device, shard_index=index, shard_count=shards, **models).set_display_name("verify shard")
+            )
             if accelerator:
                 on_gpu(shard, accelerator)
-        merged = merge(
-            config_yaml=config_yaml,
-            latent=latent.outputs["latent"],
-            directions=directions.outputs["directions"],
-            head=head.outputs["head"],
-            shards=dsl.Collected(shard.outputs["shard"]),
-        ).set_display_name("merge shards")
+        merged = with_cluster_env(merge(config_yaml=config_yaml, shards=dsl.Collected(shard.outputs["shard"]), **models).set_display_name("merge shards"))
+        audit = merged.outputs["audit"]
+        with_cluster_env(report(config_yaml=config_yaml, audit=audit, **models).set_display_name("HTML report"))
+        with dsl.If(merged.outputs["Output"] == "pass", name="every-spec-passes"):
+            with_cluster_env(gate(config_yaml=config_yaml, audit=audit, **models).set_display_name("gate: register and certify"))
         return merged.outputs["Output"]
 
     return audit_pipeline

@@ -8,11 +8,13 @@ checkout. Exit codes as for every auditai command: 0 ok (a local run whose specs
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
 import yaml
 
+from auditai_ops.steps import override_config_text
 from components.runtime import RUNTIME
 from pipelines.audit_pipeline import DEFAULT_ACCELERATOR, DEFAULT_SHARDS, PIPELINE_NAME, build_pipeline
 
@@ -84,8 +86,14 @@ def run_local(config: Path | None, pipeline_root: Path, shards: int = 2) -> dict
     """
     from kfp import local
 
+    arguments = _arguments(config)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):  # no server: every task logs to one local store under the pipeline root
+        store = Path(pipeline_root).resolve() / "mlflow"
+        store.mkdir(parents=True, exist_ok=True)
+        tracking = {"uri": f"sqlite:///{store / 'mlflow.db'}", "artifact_location": (store / "artifacts").as_uri()}
+        arguments["config_yaml"] = override_config_text(arguments["config_yaml"], {"tracking": tracking})
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    run = build_pipeline(shards, accelerator=None)(**_arguments(config))
+    run = build_pipeline(shards, accelerator=None)(**arguments)
     summaries = sorted(Path(pipeline_root).glob(f"{PIPELINE_NAME}-*/merge/audit/summary.json"))  # run folders are named by start time
     summary_path = summaries[-1] if summaries else None
     if run.output is None or summary_path is None:

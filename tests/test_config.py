@@ -70,7 +70,7 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
         load_config(broken)
 
 
-@pytest.mark.parametrize("name", ["audit.yaml", "audit-failing.yaml", "audit-pixel-encoder.yaml", "audit-pixel-torchscript.yaml", "audit-pixel-onnx.yaml"])
+@pytest.mark.parametrize("name", ["audit.yaml", "audit-failing.yaml", "audit-pixel-encoder.yaml", "audit-pixel-torchscript.yaml", "audit-pixel-onnx.yaml", "audit-repair.yaml"])
 def test_shipped_examples_validate(name: str) -> None:
     config = load_config(EXAMPLES / name)
     assert len(config.unit_tests) >= 2

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from auditai_ops.config import AuditConfig, InputsConfig, load_config
+from auditai_ops.config import AuditConfig, InputsConfig, TrackingConfig, load_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.layout import DIRECTIONS_JSON, StepInputs, resolve_inputs
 from auditai_ops.steps import with_device
@@ -63,11 +63,11 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _tracked(config: AuditConfig, args: argparse.Namespace, step: str, new_audit: bool = False) -> Iterator[None]:
+def _tracked(config: AuditConfig, args: argparse.Namespace, step: str) -> Iterator[None]:
     """Log the step to MLflow as a nested run of the audit (a no-op with tracking.enabled: false)."""
     from auditai_ops.tracking.steps import track_step
 
-    with track_step(config.tracking, args.out, step, config, args.config, new_audit):
+    with track_step(config.tracking, args.out, step, config, args.config):
         yield
 
 
@@ -248,7 +248,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("[auditai run] verify ...", flush=True)
     with _tracked(config, args, "verify"):
         verified = _verify_and_report(config, inputs, args.out, base)
-    return _gate_and_report(config, args, base, inputs, verified)
+    code = _gate_and_report(config, args, base, inputs, verified)
+    if verified != EXIT_SPEC_FAILED or not config.finetune.repair:
+        return code
+    return _repair(config, args, inputs, base)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from auditai_ops.finetune.step import PASSED_VALIDATION, finetune_model, specs_to_train
+
+    config, base = _config_and_base(args)
+    inputs = resolve_inputs(args.out, config.inputs, base)
+    if not specs_to_train(config.finetune, config.unit_tests, args.out):
+        print("nothing to fine-tune: every unit test passes (name unit tests under finetune.specs to train anyway)")
+        return EXIT_OK
+    result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, args.out, base)
+    print(result.describe())
+    return EXIT_OK if result.status == PASSED_VALIDATION else EXIT_SPEC_FAILED
+
+
+def _repair(config: AuditConfig, args: argparse.Namespace, inputs: StepInputs, base: Path | None) -> int:
+    """`finetune.repair: true`: fine-tune on the failing specs, re-audit the candidate into <out>/repaired, compare; gate the candidate when it passes."""
+    from auditai_ops.finetune.repair import REPAIR_RECORD, REPAIRED_DIR, repair_audit, repair_table
+
+    out = Path(args.out)
+    print("[auditai run] repair: certified fine-tuning on the failing unit tests ...", flush=True)
+    started = time.perf_counter()
+    outcome = repair_audit(config, _generator(config, inputs, base), inputs, out, base)
+    print(f"[auditai run] fine-tuning and re-audit done in {time.perf_counter() - started:.1f} s\n{outcome.finetune.describe()}\n")
+    print(repair_table(outcome.rows))
+    if outcome.after is None:
+        print(f"\nrepair: the original model is kept ({outcome.finetune.message}); see {out / REPAIR_RECORD}")
+        return EXIT_SPEC_FAILED
+    print(f"\nrepaired audit verdict: {outcome.after['verdict'].upper()}; certificates in {out / REPAIRED_DIR}, comparison in {out / REPAIR_RECORD}")
+    if not outcome.passed:
+        return EXIT_SPEC_FAILED
+    model_settings, candidate = outcome.finetune.audit_settings(config.model, inputs)
+    candidate_inputs = InputsConfig(**{name: str(Path(getattr(candidate, name)).resolve()) for name in ("vae", "latents", "directions", "head")})
+    repaired = config.model_copy(update={"model": model_settings, "inputs": candidate_inputs, "tracking": _same_store(config, out)})
+    return _gate_and_report(repaired, argparse.Namespace(**{**vars(args), "out": out / REPAIRED_DIR}), base, candidate, EXIT_OK)
+
+
+def _same_store(config: AuditConfig, out: Path) -> TrackingConfig:
+    """The tracking settings of the audit in `out`, made explicit, so a sub-folder's steps log to the same MLflow store."""
+    from auditai_ops.tracking.store import resolve_target
+
+    target = resolve_target(config.tracking, out)
+    return config.tracking.model_copy(update={"uri": target.tracking_uri, "artifact_location": target.artifact_location})
 
 
 def cmd_certificate_check(args: argparse.Namespace) -> int:
@@ -323,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     checked = check_version.add_mutually_exclusive_group(required=True)
     checked.add_argument("--version", default=None, help="the version to check")
     checked.add_argument("--alias", default=None, help="the version an alias points at (e.g. certified)")
-    run = step("run", cmd_run, "run every step end to end into --out, then the gate and the HTML report", device=True)
+    step("finetune", cmd_finetune, "certified fine-tuning against the failing unit tests (summary.json) or finetune.specs; writes a candidate model", device=True)
+    run = step("run", cmd_run, "every step end to end into --out, then the gate and the HTML report (finetune.repair: fine-tune, re-audit, gate the candidate)", device=True)
     run.add_argument("config_file", nargs="?", type=Path, default=None, metavar="CONFIG", help="YAML config (same as --config)")
 
     certificate = sub.add_parser("certificate", help="work with certificates", description="work with certificates")

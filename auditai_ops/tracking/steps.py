@@ -135,18 +135,23 @@ class StepTracking:
         self.audit, self.run_id = audit, run_id
 
 
+def _audit_name(config_file: Path | None) -> str:
+    """The parent run's name: 'audit <config file stem>'."""
+    return f"audit {Path(config_file).stem}" if config_file else "audit"
+
+
 def _warn(step: str, error: BaseException) -> None:
     _LOGGER.warning("tracking: step '%s' is not logged to MLflow (%s: %s)", step, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
 
 
 @contextmanager
-def track_step(settings: TrackingConfig, out_dir: Path, step: str, config: AuditConfig, config_file: Path | None = None, new_audit: bool = False) -> Iterator[StepTracking]:
+def track_step(settings: TrackingConfig, out_dir: Path, step: str, config: AuditConfig, config_file: Path | None = None) -> Iterator[StepTracking]:
     """Run a step inside a nested MLflow run: params before, outputs and status after (FAILED when the step raises)."""
     out_dir = Path(out_dir)
     tracking = StepTracking(None, None)
     if settings.enabled:
         try:
-            audit = audit_run(settings, out_dir, new=new_audit, run_name=f"audit {config_file.stem}" if config_file else "audit", params=audit_params(config, config_file))
+            audit = audit_run(settings, out_dir, run_name=_audit_name(config_file), params=audit_params(config, config_file))
             run_id = start_child_run(audit, step)
             dumped = config.model_dump(mode="json")
             log_params(audit.client, run_id, flatten_params({section: dumped[section] for section in STEP_SECTIONS.get(step, ())}))
@@ -172,6 +177,6 @@ def track_step(settings: TrackingConfig, out_dir: Path, step: str, config: Audit
 def begin_audit(config: AuditConfig, out_dir: Path, config_file: Path | None = None) -> None:
     """Start a new parent run for the audit in `out_dir` (`auditai run`); later steps nest under it. Failure is a warning."""
     try:
-        audit_run(config.tracking, Path(out_dir), new=True, run_name=f"audit {Path(config_file).stem}" if config_file else "audit", params=audit_params(config, config_file))
+        audit_run(config.tracking, Path(out_dir), new=True, run_name=_audit_name(config_file), params=audit_params(config, config_file))
     except Exception as error:  # as in track_step: tracking must not take the audit down
         _warn("run", error)

@@ -6,6 +6,11 @@ inside the bounded graph, so the guarantee covers the decoded images themselves;
 classifier is the user's (TorchScript, ONNX, module:factory, MLflow URI) or, without one,
 head o encoder, which also covers the encoder that latent mode takes on trust. The network is
 one flat nn.Sequential of supported layers, for every bound backend.
+
+`classifier` is the part of the network that is the model's own (the head, or the user's
+classifier), sharing its layers with `network`: what certified fine-tuning trains. In pixel
+mode, `weights` with a classifier that is not a factory replaces the loaded classifier's
+weights (a state_dict of the loaded, boundable module, as `auditai finetune` writes it).
 """
 
 from __future__ import annotations
@@ -22,17 +27,24 @@ from auditai_ops.fileio import sha256_state_dict
 from auditai_ops.latent.generator import Generator, flat_layers
 from auditai_ops.layers import PerChannelNormalize
 from auditai_ops.layout import StepInputs
+from auditai_ops.modelio import load_safetensors_into
 
 
 @dataclass(frozen=True)
 class AuditedModel:
-    """`network` maps latent points (B, latent_dim) to logits; `hashes` name every weight file it depends on."""
+    """`network` maps latent points (B, latent_dim) to logits; `hashes` name every weight file it depends on.
+
+    `classifier` is the model's own part of `network` (same module objects); `classifier_hash`
+    is the key of its weights' sha256 in `hashes`.
+    """
 
     mode: str
     network: nn.Sequential
     decoder: nn.Module
     hashes: dict[str, str]
     description: dict[str, Any]
+    classifier: nn.Module
+    classifier_hash: str
 
 
 def build_audited_model(settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None = None) -> AuditedModel:
@@ -51,9 +63,15 @@ def build_audited_model(settings: ModelConfig, generator: Generator, inputs: Ste
 
         source = parse_model_reference(settings.classifier, settings.weights, settings.factory_kwargs, base_dir)
         loaded = load_model_detailed(source, input_shape=(1, *generator.image_shape), trust_pickle=settings.trust_pickle)
-        layers += flat_layers(loaded.module)
-        hashes["classifier_sha256"] = loaded.weights_sha256
+        classifier: nn.Module = loaded.module
+        if settings.weights is not None and source.kind != "factory":
+            weights = Path(settings.weights) if base_dir is None or Path(settings.weights).is_absolute() else base_dir / settings.weights
+            load_safetensors_into(classifier, weights, "do not fit the loaded classifier (expected a state_dict written by `auditai finetune`)")
+            description["weights"] = settings.weights
+        layers += flat_layers(classifier)
+        hashes["classifier_sha256"] = sha256_state_dict(classifier.state_dict())
         description.update({"classifier": settings.classifier, "route": loaded.route})
+        classifier_hash = "classifier_sha256"
     else:
         head, _ = load_head(inputs.head)
         if settings.mode == "pixel":
@@ -61,4 +79,5 @@ def build_audited_model(settings: ModelConfig, generator: Generator, inputs: Ste
             description["classifier"] = "head o encoder"
         layers += flat_layers(head)
         hashes["head_sha256"] = sha256_state_dict(head.state_dict())
-    return AuditedModel(settings.mode, nn.Sequential(*layers).eval(), generator.decoder, hashes, description)
+        classifier, classifier_hash = head, "head_sha256"
+    return AuditedModel(settings.mode, nn.Sequential(*layers).eval(), generator.decoder, hashes, description, classifier, classifier_hash)

@@ -56,8 +56,10 @@ __all__ = [
     "UnsupportedLayerError",
     "applied_patches",
     "build_bounded_module",
+    "build_trainable_bounded_module",
     "check_supported",
     "compute_margin_lower_bounds",
+    "training_margin_lower_bounds",
     "import_auto_lirpa",
 ]
 
@@ -347,6 +349,66 @@ def build_bounded_module(
     bounded.eval()
     _check_trace(bounded, private, inputs)
     return bounded
+
+
+def build_trainable_bounded_module(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    trainable: list[nn.Parameter],
+    device: str | torch.device = "cpu",
+) -> BoundedModule:
+    """Trace `model` itself (no private copy), so that bounds are differentiable in `trainable`.
+
+    auto_LiRPA's graph holds `model`'s own parameter tensors, so an optimiser over
+    `trainable` updates `model`. In train mode every BoundParams node switches its tensor's
+    `requires_grad` on at each forward; here only the nodes of `trainable` train, every other
+    parameter (a frozen decoder, say) and every BatchNorm stay in eval mode, so BatchNorm
+    keeps its running statistics: the network trained is the network the verifier audits.
+    """
+    check_supported(model)
+    lirpa = import_auto_lirpa()
+    bound_opts: dict[str, Any] = {"conv_mode": "matrix"}
+    if _DISABLE_SPARSE_FEATURES_ALPHA:
+        bound_opts["sparse_features_alpha"] = False
+    inputs = tuple(t.to(device) for t in example_inputs)
+    bounded = lirpa.BoundedModule(model, inputs, bound_opts=bound_opts, device=device)
+    training = {id(p) for p in trainable}
+    bounded.train()
+    for node in bounded._modules.values():
+        frozen_parameter = isinstance(node, lirpa.operators.BoundParams) and id(node.param) not in training
+        if frozen_parameter or isinstance(node, lirpa.operators.BoundBatchNormalization):
+            node.eval()
+    missing = training - {id(p) for p in bounded.parameters()}
+    if missing:
+        raise ValueError(f"the traced graph does not hold {len(missing)} of the {len(training)} parameters to train")
+    _check_trace(bounded, model, inputs)
+    return bounded
+
+
+def training_margin_lower_bounds(
+    bounded: BoundedModule,
+    inputs: tuple[torch.Tensor, ...],
+    x_lower: torch.Tensor,
+    x_upper: torch.Tensor,
+    C: torch.Tensor,
+    method: Literal["IBP", "CROWN-IBP"],
+) -> torch.Tensor:
+    """Lower bounds [B, S] of `C @ f(x, *inputs[1:])` over the box, differentiable in the traced parameters.
+
+    IBP: interval arithmetic; CROWN-IBP: IBP for the intermediate bounds and a CROWN
+    back-substitution from the margins (matrix mode). Both are sound; they are what
+    certified training minimises (alpha-CROWN's come back detached, CROWN's cost seconds).
+    """
+    if method not in ("IBP", "CROWN-IBP"):
+        raise ValueError(f"method must be IBP or CROWN-IBP for training, got {method!r}")
+    lirpa = import_auto_lirpa()
+    ptb = lirpa.PerturbationLpNorm(norm=float("inf"), x_L=x_lower, x_U=x_upper)
+    args = (lirpa.BoundedTensor(inputs[0], ptb), *inputs[1:])
+    if method == "IBP":
+        lower, _ = bounded.compute_bounds(x=args, C=C, method="IBP")
+    else:
+        lower, _ = bounded.compute_bounds(x=args, C=C, method="CROWN-IBP", bound_upper=False)
+    return lower
 
 
 def _check_trace(

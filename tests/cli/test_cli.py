@@ -156,7 +156,8 @@ def test_a_step_reads_inputs_from_paths_in_the_config(small_run: Path, tmp_path:
     )
     out = tmp_path / "elsewhere"
     assert main(["verify", "--config", str(config), "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} <= {"certificates", "counterexamples", "junit.xml", "summary.json"}
+    tracking = {"mlflow", "tracking.json", ".tracking.lock"}  # the embedded MLflow store and the audit's parent run
+    assert {p.name for p in out.iterdir()} <= {"certificates", "counterexamples", "junit.xml", "summary.json"} | tracking
     assert (out / "certificates" / "slant_tiny.json").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["unit_tests"][0]["samples"] == 50

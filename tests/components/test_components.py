@@ -9,11 +9,14 @@ import pytest
 import yaml
 
 kfp_dsl = pytest.importorskip("kfp.dsl", reason="the kfp extra is not installed")
-from kfp.dsl import Artifact, Dataset, Metrics, Model  # noqa: E402
+from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model  # noqa: E402
 
 from components.discover_directions import discover_directions  # noqa: E402
+from components.gate import gate  # noqa: E402
 from components.map_latents import map_latents  # noqa: E402
 from components.merge import merge  # noqa: E402
+from components.promote import promote  # noqa: E402
+from components.report import report  # noqa: E402
 from components.runtime import CPU_IMAGE  # noqa: E402
 from components.train_classifier import train_classifier  # noqa: E402
 from components.verify_shard import verify_shard  # noqa: E402
@@ -22,7 +25,7 @@ SMALL_CONFIG = Path(__file__).parents[1] / "cli" / "small.yaml"
 
 
 def test_components_are_thin_and_install_nothing() -> None:
-    for component in (map_latents, discover_directions, train_classifier, verify_shard, merge):
+    for component in (map_latents, discover_directions, train_classifier, verify_shard, merge, report, gate, promote):
         container = component.component_spec.implementation.container
         assert container.image == CPU_IMAGE
         command = " ".join(container.command)
@@ -61,3 +64,25 @@ def test_later_components_on_the_small_run(small_run: Path, tmp_path: Path) -> N
     assert verdict == summary["verdict"] == audit.metadata["verdict"]
     assert metrics.metadata["slant_small.certified_accuracy"] == next(t for t in summary["unit_tests"] if t["name"] == "slant_small")["certified_accuracy"]
     assert sorted(p.name for p in (tmp_path / "audit" / "certificates").iterdir()) == ["pca1_small.json", "slant_small.json", "thickness_small.json"]
+
+
+def test_report_gate_and_promote_components(small_run: Path, tmp_path: Path) -> None:
+    """The small run's folders as the upstream artifacts; MLflow in a local sqlite store."""
+    pytest.importorskip("mlflow", reason="the tracking extra is not installed")
+    config = yaml.safe_load(SMALL_CONFIG.read_text())
+    config["tracking"] = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_location": (tmp_path / "artifacts").as_uri()}
+    config_yaml = yaml.safe_dump(config)
+    upstream = {"latent": Dataset(name="latent", uri=str(small_run)), "directions": Artifact(name="d", uri=str(small_run)), "head": Model(name="h", uri=str(small_run))}
+    audit = Artifact(name="audit", uri=str(small_run))
+    page = HTML(name="report", uri=str(tmp_path / "report.html"))
+    report.python_func(config_yaml=config_yaml, audit=audit, report=page, **upstream)
+    html = (tmp_path / "report.html").read_text()
+    assert "slant_small" in html and "<svg" in html
+    decision = Artifact(name="decision", uri=str(tmp_path / "gate"))
+    assert gate.python_func(config_yaml=config_yaml, audit=audit, decision=decision, **upstream) == "PASS"
+    assert decision.metadata["promoted"] is True and decision.metadata["alias"] == "certified"
+    version = decision.metadata["version"]
+    promoted = Artifact(name="promoted", uri=str(tmp_path / "promote"))
+    assert promote.python_func(config_yaml=config_yaml, model_name="auditai-model", version=version, target_alias="production", decision=promoted) == "PASS"
+    assert promoted.metadata["promoted"] is True
+    assert json.loads((tmp_path / "gate" / "gate.json").read_text())["decision"] == "PASS"

@@ -26,7 +26,7 @@ def code_env_names() -> dict[str, list[str]]:
 
 
 def test_every_name_auditai_ops_reads_is_declared_in_runtime_yaml() -> None:
-    undeclared = {name: where for name, where in code_env_names().items() if name not in NAMES.step_env and name not in NAMES.per_run_env}
+    undeclared = {name: where for name, where in code_env_names().items() if name not in (*NAMES.step_env, *NAMES.per_run_env, *NAMES.local_env)}
     assert undeclared == {}, "declare these in infra/runtime.yaml (config_map, a secret, or per_run_env) so compose and Kubernetes provide them"
 
 
@@ -36,6 +36,7 @@ def test_every_step_name_is_read_by_auditai_ops_or_by_a_library_it_calls() -> No
     assert unread == [], "no code reads these: remove them from infra/runtime.yaml"
     assert len(set(NAMES.step_env)) == len(NAMES.step_env), "a name comes from one place only"
     assert not set(NAMES.per_run_env) & set(NAMES.step_env)
+    assert not set(NAMES.local_env) & (set(NAMES.step_env) | set(NAMES.per_run_env)), "a local name is never deployed"
 
 
 @pytest.mark.parametrize("name", sorted(runtime().third_party_env))

@@ -1,4 +1,4 @@
-"""The whole audit pipeline through kfp.local.SubprocessRunner, offline: the same verdicts as `auditai run`."""
+"""The whole audit pipeline through kfp.local.SubprocessRunner, offline: the verdicts of `auditai run`, and the gate only when passing."""
 
 from __future__ import annotations
 
@@ -6,22 +6,55 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("kfp", reason="the kfp extra is not installed")
+pytest.importorskip("mlflow", reason="the tracking extra is not installed")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 
 from auditai_ops.cli.main import main  # noqa: E402
 
 SMALL_CONFIG = Path(__file__).parents[1] / "cli" / "small.yaml"
 
 
+def _run_local(config: Path, root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
+    code = main(["kfp", "run-local", "--config", str(config), "--pipeline-root", str(root), "--shards", "2"])
+    (summary_path,) = root.glob("auditai-audit-*/merge/audit/summary.json")
+    return code, json.loads(summary_path.read_text()), capsys.readouterr().out
+
+
+def _registry(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow' / 'mlflow.db'}")
+
+
 @pytest.mark.slow
 @pytest.mark.integration
-def test_run_local_gives_the_verdicts_of_auditai_run(small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["kfp", "run-local", "--config", str(SMALL_CONFIG), "--pipeline-root", str(tmp_path), "--shards", "2"]) == 0
-    printed = capsys.readouterr().out
+def test_run_local_passes_like_auditai_run_and_certifies(small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, pipeline, printed = _run_local(SMALL_CONFIG, tmp_path, capsys)
     expected = json.loads((small_run / "summary.json").read_text())
-    (summary_path,) = tmp_path.glob("auditai-audit-*/merge/audit/summary.json")
-    pipeline = json.loads(summary_path.read_text())
+    assert code == 0
     assert [(t["name"], t["verdict"]) for t in pipeline["unit_tests"]] == [(t["name"], t["verdict"]) for t in expected["unit_tests"]]
     assert pipeline["verdict"] == expected["verdict"] == "pass"
     assert "slant_small: pass" in printed
+    assert (next(tmp_path.glob("auditai-audit-*/report/report")).read_text()).startswith("<!DOCTYPE html>")
+    version = _registry(tmp_path).get_model_version_by_alias("auditai-model", "certified")
+    assert version.tags["auditai.verdict"] == "pass"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_run_local_failing_audit_is_not_promoted(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = yaml.safe_load(SMALL_CONFIG.read_text())
+    config["unit_tests"].append({"name": "slant_wide_strict", "direction": "slant", "range": {"low": -15, "high": 15}, "threshold": 0.99})
+    path = tmp_path / "failing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, pipeline, printed = _run_local(path, tmp_path / "root", capsys)
+    assert code == 1 and pipeline["verdict"] == "fail"
+    assert "slant_wide_strict: fail" in printed
+    assert not list((tmp_path / "root").glob("auditai-audit-*/gate")), "the gate task must not run for a failing audit"
+    with pytest.raises(MlflowException):
+        _registry(tmp_path / "root").get_model_version_by_alias("auditai-model", "certified")

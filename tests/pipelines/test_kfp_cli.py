@@ -9,9 +9,10 @@ import yaml
 
 pytest.importorskip("kfp", reason="the kfp extra is not installed")
 
+from kfp_standin import kfp_stand_in  # noqa: E402
+
 from auditai_ops.cli.main import main  # noqa: E402
 from pipelines.kfp_cli import PIPELINE_YAML, compile_pipeline  # noqa: E402
-from kfp_standin import kfp_stand_in  # noqa: E402
 
 SMALL_CONFIG = Path(__file__).parents[1] / "cli" / "small.yaml"
 
@@ -21,8 +22,8 @@ def test_committed_pipeline_yaml_is_up_to_date(tmp_path: Path) -> None:
     assert fresh.read_text() == PIPELINE_YAML.read_text(), "pipelines/audit_pipeline.yaml is stale: run `auditai kfp compile` and commit it"
 
 
-def test_compiled_pipeline_fans_out_on_gpus() -> None:
-    spec = yaml.safe_load(PIPELINE_YAML.read_text())
+def test_compiled_pipeline_fans_out_on_gpus_and_gates_on_the_verdict() -> None:
+    spec, platform = yaml.safe_load_all(PIPELINE_YAML.read_text())
     loop = spec["root"]["dag"]["tasks"]["for-loop-2"]
     assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
     executors = spec["deploymentSpec"]["executors"]
@@ -30,12 +31,22 @@ def test_compiled_pipeline_fans_out_on_gpus() -> None:
     assert shard["resources"]["accelerator"] == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}
     assert shard["image"].endswith("auditai-cuda:" + shard["image"].rsplit(":", 1)[1])
     assert all("accelerator" not in e["container"].get("resources", {}) for name, e in executors.items() if name != "exec-verify-shard")
+    condition = spec["root"]["dag"]["tasks"]["condition-3"]
+    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--merge-Output'] == 'pass'"
+    assert list(spec["components"]["comp-condition-3"]["dag"]["tasks"]) == ["gate"]
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in executors:
+        assert kubernetes[name]["configMapAsEnv"][0]["configMapName"] == "auditai-tracking", name
+        assert [s["secretName"] for s in kubernetes[name]["secretAsEnv"]] == ["auditai-s3", "auditai-signing"], name
+    assert kubernetes["exec-verify-shard"]["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+    assert kubernetes["exec-verify-shard"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
 
 
 def test_compile_for_cpu_has_no_gpu_request(tmp_path: Path) -> None:
     assert main(["kfp", "compile", "--output", str(tmp_path / "cpu.yaml"), "--accelerator", "none", "--shards", "3"]) == 0
-    spec = yaml.safe_load((tmp_path / "cpu.yaml").read_text())
+    spec, platform = yaml.safe_load_all((tmp_path / "cpu.yaml").read_text())
     assert "accelerator" not in str(spec["deploymentSpec"]["executors"]["exec-verify-shard"])
+    assert "nodeSelector" not in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-verify-shard"]
     assert spec["root"]["dag"]["tasks"]["for-loop-2"]["parameterIterator"]["items"]["raw"] == "[0, 1, 2]"
 
 
@@ -46,8 +57,9 @@ def test_submit_sends_the_pipeline_and_the_config() -> None:
     assert run.body["display_name"] == "nightly-audit"
     assert run.body["service_account"] == "auditai-pipeline"
     assert run.body["experiment_id"] == "exp-1"
-    assert run.body["pipeline_spec"]["pipelineInfo"]["name"] == "auditai-audit"
+    assert run.body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "auditai-audit"
     assert run.body["runtime_config"]["parameters"]["config_yaml"] == SMALL_CONFIG.read_text()
+    assert "exec-verify-shard" in run.body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
 def test_schedule_creates_a_recurring_run() -> None:
@@ -57,7 +69,7 @@ def test_schedule_creates_a_recurring_run() -> None:
     assert recurring.body["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}
     assert int(recurring.body["max_concurrency"]) == 1 and recurring.body["no_catchup"] is True
     assert recurring.body["runtime_config"]["parameters"]["config_yaml"] == SMALL_CONFIG.read_text()
-    assert recurring.body["pipeline_spec"]["pipelineInfo"]["name"] == "auditai-audit"
+    assert recurring.body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "auditai-audit"
 
 
 def test_a_bad_config_never_reaches_the_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
