@@ -89,7 +89,7 @@ def _step(run: dict[str, Any], name: str) -> Iterator[None]:
     from auditai_ops.tracking.steps import track_step
 
     config = config_from_text(run["config_yaml"])
-    with _bad_input_fails_fast(), track_step(config.tracking, _folder(run), name, config, Path(run["config_path"]), new_audit=name == "map-latents"):
+    with _bad_input_fails_fast(), track_step(config.tracking, _folder(run), name, config, Path(run["config_path"])):
         yield
 
 
@@ -147,13 +147,19 @@ def auditai_audit() -> None:
             text = override_config_text(text, overrides)
         write_text(work_dir / CONFIG_FILE, text)
         print(f"config {path} -> {work_dir / CONFIG_FILE}; work folder {work_dir}")
+        kfp_host = params["kfp_host"] or Variable.get(KFP_HOST_VARIABLE, default="")
+        config = config_from_text(text)
+        if config.tracking.enabled and not kfp_host:
+            from auditai_ops.tracking.steps import begin_audit
+
+            begin_audit(config, work_dir, path)  # this run's parent MLflow run: every step nests under it
         return {
             "config_yaml": text,
             "config_file": str(work_dir / CONFIG_FILE),
             "config_path": str(path),
             "work_dir": str(work_dir),
             "shards": params["shards"],
-            "kfp_host": params["kfp_host"] or Variable.get(KFP_HOST_VARIABLE, default=""),
+            "kfp_host": kfp_host,
             "promote_to": params["promote_to"],
         }
 
