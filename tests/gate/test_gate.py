@@ -90,7 +90,11 @@ def test_gate_registers_tags_and_certifies_once_and_promotion_follows(audit: Pat
     from auditai_ops.latent.generator import vae_generator
     from auditai_ops.latent.mapping import load_vae
 
-    model = mlflow.pyfunc.load_model(f"{version.source}")
+    mlflow.set_tracking_uri(resolve_target(_config().tracking, audit).tracking_uri)  # the version's source is a models:/ URI of this store
+    try:
+        model = mlflow.pyfunc.load_model(f"{version.source}")
+    finally:
+        mlflow.set_tracking_uri(None)
     images = np.random.default_rng(0).random((16, 28, 28)).astype(np.float32)
     head, _ = load_head(audit / "classifier" / "head.safetensors")
     with torch.no_grad():
