@@ -146,7 +146,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     config, base = _config_and_base(args)
     inputs = resolve_inputs(args.out, config.inputs, base)
     shard_files = find_shard_files(args.shards or [args.out])
-    with _tracked(config, args, "merge"):
+    with _tracked(config, args, "verify"):  # the merged audit is logged as the verify step: summary, certificates, metrics
         summary = merge_shards(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, shard_files, args.out, base)
     print(console_table(summary))
     print(f"\nmerged {len(shard_files)} shards; certificates, summary.json and junit.xml are in {args.out}")
