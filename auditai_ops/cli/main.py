@@ -18,15 +18,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from auditai_ops.config import AuditConfig, InputsConfig, TrackingConfig, load_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.layout import DIRECTIONS_JSON, StepInputs, resolve_inputs
-from auditai_ops.steps import with_device
-
-if TYPE_CHECKING:
-    from auditai_ops.latent.generator import Generator
+from auditai_ops.steps import audit_generator, own_generator, with_device
 
 EXIT_OK, EXIT_SPEC_FAILED, EXIT_ERROR = 0, 1, 2
 DEFAULT_OUT = Path("auditai-out")
@@ -41,21 +38,6 @@ def _config_and_base(args: argparse.Namespace) -> tuple[AuditConfig, Path | None
 def _inputs(args: argparse.Namespace) -> tuple[AuditConfig, StepInputs]:
     config, base = _config_and_base(args)
     return config, resolve_inputs(args.out, config.inputs, base)
-
-
-def _generator(config: AuditConfig, inputs: StepInputs, base: Path | None) -> Generator:
-    from auditai_ops.models.generator import load_generator
-
-    return load_generator(config.generator, inputs.vae, base)
-
-
-def _own_generator(config: AuditConfig, base: Path | None) -> Generator | None:
-    """A team's own generator for map-latents; None means: train the VAE."""
-    if config.generator.encoder is None:
-        return None
-    from auditai_ops.models.generator import load_generator
-
-    return load_generator(config.generator, Path(), base)
 
 
 def _print_json(payload: dict[str, Any]) -> None:
@@ -76,7 +58,7 @@ def cmd_map_latents(args: argparse.Namespace) -> int:
 
     config, base = _config_and_base(args)
     with _tracked(config, args, "map-latents"):
-        artifacts = map_latents(config.data, config.latent, args.out, base, _own_generator(config, base))
+        artifacts = map_latents(config.data, config.latent, args.out, base, own_generator(config, base))
     _print_json({"vae": artifacts.vae_path, "latents": artifacts.latents_path, "reconstructions": artifacts.reconstruction_png, **artifacts.metrics})
     return EXIT_OK
 
@@ -88,7 +70,7 @@ def cmd_discover_directions(args: argparse.Namespace) -> int:
     config, base = _config_and_base(args)
     inputs = resolve_inputs(args.out, config.inputs, base)
     with _tracked(config, args, "discover-directions"):
-        directions = discover_directions(config.directions, _generator(config, inputs, base), inputs.latents, args.out)
+        directions = discover_directions(config.directions, audit_generator(config, inputs, base), inputs.latents, args.out)
     record = json.loads((Path(args.out) / DIRECTIONS_DIR / DIRECTIONS_JSON).read_text())["directions"]
     for name, direction in directions.items():
         effect = record[name]["effect"]
@@ -114,7 +96,7 @@ def _verify_and_report(config: AuditConfig, inputs: StepInputs, out: Path, base:
     from auditai_ops.report.render import console_table
     from auditai_ops.verify.step import verify_audit
 
-    summary = verify_audit(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, out, base)
+    summary = verify_audit(config.unit_tests, config.verify, config.model, audit_generator(config, inputs, base), inputs, out, base)
     print(console_table(summary))
     print(f"\ncertificates, summary.json and junit.xml are in {out}")
     return _exit_code(summary)
@@ -134,7 +116,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from auditai_ops.verify.unit_tests import Shard
 
     with _tracked(config, args, f"verify-shard-{args.shard.replace('/', '-of-')}"):
-        path = verify_shard(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, Shard.parse(args.shard), args.out, base)
+        path = verify_shard(config.unit_tests, config.verify, config.model, audit_generator(config, inputs, base), inputs, Shard.parse(args.shard), args.out, base)
     print(f"shard written to {path}; combine all shards with `auditai merge`")
     return EXIT_OK
 
@@ -147,7 +129,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     inputs = resolve_inputs(args.out, config.inputs, base)
     shard_files = find_shard_files(args.shards or [args.out])
     with _tracked(config, args, "verify"):  # the merged audit is logged as the verify step: summary, certificates, metrics
-        summary = merge_shards(config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, shard_files, args.out, base)
+        summary = merge_shards(config.unit_tests, config.verify, config.model, audit_generator(config, inputs, base), inputs, shard_files, args.out, base)
     print(console_table(summary))
     print(f"\nmerged {len(shard_files)} shards; certificates, summary.json and junit.xml are in {args.out}")
     return _exit_code(summary)
@@ -235,8 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     inputs = resolve_inputs(args.out, config.inputs, base)
     _begin_audit(config, args)
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base, _own_generator(config, base))),
-        ("discover-directions", lambda: discover_directions(config.directions, _generator(config, inputs, base), inputs.latents, args.out)),
+        ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base, own_generator(config, base))),
+        ("discover-directions", lambda: discover_directions(config.directions, audit_generator(config, inputs, base), inputs.latents, args.out)),
         ("train-classifier", lambda: train_classifier(config.classifier, inputs.latents, args.out)),
     ]
     for name, step in steps:
@@ -262,7 +244,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not specs_to_train(config.finetune, config.unit_tests, args.out):
         print("nothing to fine-tune: every unit test passes (name unit tests under finetune.specs to train anyway)")
         return EXIT_OK
-    result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, _generator(config, inputs, base), inputs, args.out, base)
+    result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, audit_generator(config, inputs, base), inputs, args.out, base)
     print(result.describe())
     return EXIT_OK if result.status == PASSED_VALIDATION else EXIT_SPEC_FAILED
 
@@ -274,7 +256,7 @@ def _repair(config: AuditConfig, args: argparse.Namespace, inputs: StepInputs, b
     out = Path(args.out)
     print("[auditai run] repair: certified fine-tuning on the failing unit tests ...", flush=True)
     started = time.perf_counter()
-    outcome = repair_audit(config, _generator(config, inputs, base), inputs, out, base)
+    outcome = repair_audit(config, audit_generator(config, inputs, base), inputs, out, base)
     print(f"[auditai run] fine-tuning and re-audit done in {time.perf_counter() - started:.1f} s\n{outcome.finetune.describe()}\n")
     print(repair_table(outcome.rows))
     if outcome.after is None:
@@ -304,7 +286,7 @@ def cmd_certificate_check(args: argparse.Namespace) -> int:
     inputs = resolve_inputs(args.out, config.inputs, base)
     all_passed = True
     for path in args.certificates:
-        checks = check_certificate(path, config.model, _generator(config, inputs, base), inputs, base)
+        checks = check_certificate(path, config.model, audit_generator(config, inputs, base), inputs, base)
         passed = all(c.passed for c in checks)
         all_passed &= passed
         print(f"{path}: {'VALID' if passed else 'INVALID'}")
