@@ -20,8 +20,9 @@ API (all take the layers, the input's linear bounds and boxes t_low, t_high of s
   `affine_output_bounds` -> the outputs' linear bounds in t (`AffineBounds`).
 * options: `pieces` (split every box into equal sub-boxes, bounded as one batch; the bound is
   the minimum over them), `interval` (propagate an interval alongside and intersect),
-  `back_substitute` (margins only: add a CROWN-style back-substitution of C), `max_boxes`
-  (bound at most this many sub-boxes at once, to cap memory).
+  `back_substitute` (margins only: add a CROWN-style back-substitution of C, of only the rows
+  that decide with `minimum_only` / `refine_below`), `max_boxes` (bound at most this many
+  sub-boxes at once, to cap memory).
 
 Layers (exact types, as `auditai_ops.layers.SUPPORTED_LAYERS`; convolutions more generally than
 auto_LiRPA 0.3 takes them):
@@ -82,9 +83,30 @@ Back-substitution (`back_substitute=True`): forward bounds lose where the relaxa
 one layer meet weights of mixed signs in the next (they pay |A| |W| where CROWN pays |A W|).
 CROWN's back-substitution of C through every layer (lower line where the running coefficient
 is positive, upper where negative, lines valid on the forward pass's intervals of each
-activation input) avoids that at the cost of S rows per sample through every layer; it is run
-after the forward pass and the larger of the two bounds is kept. With two hidden layers on an
-affine input, the forward intermediate bounds are exactly CROWN's, so this is CROWN's bound.
+activation input) avoids that at the cost of one row per row of C through every layer; it is
+run after the forward pass and the larger of the two bounds is kept. With two hidden layers on
+an affine input, the forward intermediate bounds are exactly CROWN's. Three refinements:
+
+* Exact first layer (k = 1). The first activation sees an exact input x(s) = c + r s. If it
+  is piecewise linear (ReLU, LeakyReLU), a linear function a . f(x(s)) + constant of its
+  output is piecewise linear in s, kinked where an unstable neuron's input crosses 0, so its
+  minimum over [-1, 1] is the least of its values at those kinks and the two ends: the
+  back-substitution stops there with that exact minimum (`_Kinks`: kinks sorted per box,
+  values by running sums in float64, lowered by a bound on their rounding) instead of
+  relaxing the layer. Never looser than CROWN, whose relaxation of that layer only loses;
+  with one hidden layer the bound is the exact minimum.
+* Sparse products (`_Unstable`). Right after such an activation the lower and upper lines
+  differ only at the unstable neurons (elsewhere both are the linear piece, bit for bit), so
+  a following nn.Linear forms W (lower + upper)/2 densely and |W| (upper - lower)/2 as a
+  sparse product over the unstable neurons (a ReLU followed by nn.Linear is fused,
+  `_exact_relu_linear`). Back-substitution through that nn.Linear needs a W only at the
+  unstable columns (a sampled sparse product) and a . (W m + b) for the lines' midpoint m,
+  kept from the forward pass (`_Kinks.minimum_after_linear`).
+* Rows (`minimum_only`, `refine_below`): the verifier needs min over rows > min_margin, so
+  only the rows that can decide that are back-substituted (`_refine`).
+The last activation is relaxed over its input interval in forward mode too (the lines
+back-substitution needs, computed once), so forward bounds in this mode can be slightly
+looser than `back_substitute=False` on a row that is not back-substituted.
 
 Floating point: like auto_LiRPA, the bounds are computed in the input's dtype without
 directed rounding; the matrix products' rounding (about 1e-6 relative in float32) is not
@@ -356,12 +378,15 @@ class _Unstable:
         self.index[self.boxes, self.slot] = self.columns
         self.valid = torch.arange(width, device=mask.device) < self.count[:, None]
 
+    def positions(self, lines: int, features: int) -> torch.Tensor:
+        """Where the unstable entries of every row lie in a contiguous [N, lines, features] tensor, flattened: [lines * nnz], row-major in (line, nnz)."""
+        flat = self.boxes * (lines * features) + self.columns
+        return torch.cat([flat + j * features for j in range(lines)])
+
     def entries(self, values: torch.Tensor) -> torch.Tensor:
         """values [N, R, F] at the unstable positions: [R, nnz]."""
         n, lines, features = values.shape
-        flat = self.boxes * (lines * features) + self.columns
-        values = values.contiguous().view(-1)
-        return torch.stack([values.index_select(0, flat + j * features) for j in range(lines)])
+        return values.contiguous().view(-1).index_select(0, self.positions(lines, features)).view(lines, -1)
 
     def padded(self, entries: torch.Tensor) -> torch.Tensor:
         """entries [R, nnz] as [N, M, R] in `index` order, 0 at padding."""
@@ -424,10 +449,14 @@ class _State:
         return self.lower.shape[1] == self.k + 2
 
 
+def _spread(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """max - centre over s in [-1, 1]^k of the linear functions in rows[:, :k + 1]: sum_j |a_j|."""
+    return rows[:, 0].abs() if k == 1 else rows[:, :k].abs().sum(dim=1)
+
+
 def _range(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(min, max) over s in [-1, 1]^k of the linear functions in rows[:, :k + 1]."""
-    centre = rows[:, k]
-    spread = rows[:, 0].abs() if k == 1 else rows[:, :k].abs().sum(dim=1)
+    centre, spread = rows[:, k], _spread(rows, k)
     return centre - spread, centre + spread
 
 
@@ -744,13 +773,13 @@ def _activation(state: _State, module: nn.Module, interval: bool, over_interval:
         return _exact_relu(state)
     k = state.k
     lower, upper = state.lower, state.up
-    l_min, l_max = _range(lower, k)
-    u_min, u_max = _range(upper, k) if state.upper is not None else (l_min, l_max)
     if over_interval and not state.tracked:
-        low, high = l_min, u_max
+        low, high = lower[:, k] - _spread(lower, k), upper[:, k] + _spread(upper, k)
         s_up, b_up = _lines(module, low, high, upper=True)
         s_lo, b_lo = _lines(module, low, high, upper=False)
     elif state.tracked:
+        l_min, l_max = _range(lower, k)
+        u_min, u_max = _range(upper, k)
         low, high = torch.maximum(l_min, lower[:, k + 1]), torch.minimum(u_max, upper[:, k + 1])
         high = torch.maximum(high, low)  # rounding only: the true interval is never empty
         # Upper: a line over the range of U (given U >= x >= low); lower: over the range of L.
@@ -760,6 +789,8 @@ def _activation(state: _State, module: nn.Module, interval: bool, over_interval:
         s_up, b_up = _better(s_up, b_up, *_lines(module, low, high, upper=True), upper[:, k], upper=True)
         s_lo, b_lo = _better(s_lo, b_lo, *_lines(module, low, high, upper=False), lower[:, k], upper=False)
     else:
+        l_min, l_max = _range(lower, k)
+        u_min, u_max = _range(upper, k) if state.upper is not None else (l_min, l_max)
         low, high = l_min, u_max
         s_up, b_up = _lines(module, u_min, u_max, upper=True)
         s_lo, b_lo = _lines(module, l_min, l_max, upper=False)
@@ -783,69 +814,76 @@ def _activation(state: _State, module: nn.Module, interval: bool, over_interval:
     return _State(new_lower, new_upper, k, unstable), low, high, (s_lo, b_lo, s_up, b_up)
 
 
-ExactReluParts = tuple[torch.Tensor, torch.Tensor, "_Unstable", torch.Tensor, torch.Tensor, torch.Tensor]
+@dataclass
+class _ExactRelu:
+    """A ReLU of an exact input x(s) = centre + a . s (rows [N, k + 1, *S], no interval row), relaxed over [low, high].
 
-
-def _exact_relu_parts(state: _State) -> ExactReluParts:
-    """A ReLU of an exact input x(s) = centre + a . s (no interval row): (low, high, unstable, lower slope, chord, intercept).
-
-    The same lines as `_relu_lines` over [low, high] = centre -/+ sum |a_j|: lower slope 1 where
+    The same lines as `_relu_lines` over [low, high] = centre -/+ sum_j |a_j|: lower slope 1 where
     centre > 0, else 0 (CROWN's adaptive choice; exact where stable); upper the chord
-    high (x - low) / (high - low) on the unstable neurons (|centre| < spread), there with slope
-    `chord` and `intercept` [nnz] (in `_Unstable` order), and the lower line elsewhere.
+    high (x - low) / (high - low) on the unstable neurons (|centre| < spread), computed there
+    only (`chord`, `intercept` [nnz] in `_Unstable` order, `rows_u` [k + 1, nnz] the input rows
+    there), and the lower line elsewhere.
     """
-    k = state.k
-    rows = state.lower
-    centre = rows[:, k]
-    spread = rows[:, 0].abs() if k == 1 else rows[:, :k].abs().sum(dim=1)
-    low, high = centre - spread, centre + spread
-    unstable = _Unstable((centre.abs() < spread).flatten(1))
-    s_lo = (centre > 0).to(rows.dtype)
-    centre_u, spread_u = centre.reshape(-1)[unstable.flat], spread.reshape(-1)[unstable.flat]
-    chord = (centre_u + spread_u) / (2 * spread_u)  # spread > |centre| >= 0 there
-    return low, high, unstable, s_lo, chord, chord * (spread_u - centre_u)
+
+    rows: torch.Tensor
+    spread: torch.Tensor
+    unstable: _Unstable
+    lower_slope: torch.Tensor
+    rows_u: torch.Tensor
+    chord: torch.Tensor
+    intercept: torch.Tensor
+
+    @classmethod
+    def of(cls, state: _State) -> _ExactRelu:
+        k, rows = state.k, state.lower
+        centre, spread = rows[:, k], _spread(rows, k)
+        unstable = _Unstable((centre.abs() < spread).flatten(1))
+        rows_u = unstable.entries(rows.flatten(2))
+        centre_u, spread_u = rows_u[k], rows_u[:k].abs().sum(dim=0)
+        chord = (centre_u + spread_u) / (2 * spread_u)  # spread > |centre| >= 0 there
+        return cls(rows, spread, unstable, (centre > 0).to(rows.dtype), rows_u, chord, chord * (spread_u - centre_u))
+
+    def interval(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[low, high] of the input."""
+        centre = self.rows[:, self.rows.shape[1] - 1]
+        return centre - self.spread, centre + self.spread
 
 
 def _exact_relu(state: _State) -> tuple[_State, torch.Tensor, torch.Tensor, Lines]:
-    """`_activation` for a ReLU of an exact input, with fewer passes (see `_exact_relu_parts`)."""
-    k = state.k
-    rows = state.lower
-    low, high, unstable, s_lo, chord, intercept = _exact_relu_parts(state)
-    s_up = s_lo.clone()
-    s_up.view(-1)[unstable.flat] = chord
-    b_up = torch.zeros_like(s_lo)
-    b_up.view(-1)[unstable.flat] = intercept
-    new_lower = rows * s_lo.unsqueeze(1)
+    """`_activation` for a ReLU of an exact input, with fewer passes (see `_ExactRelu`)."""
+    k, rows = state.k, state.lower
+    relu = _ExactRelu.of(state)
+    s_up = relu.lower_slope.clone()
+    s_up.view(-1)[relu.unstable.flat] = relu.chord
+    b_up = torch.zeros_like(s_up)
+    b_up.view(-1)[relu.unstable.flat] = relu.intercept
+    new_lower = rows * relu.lower_slope.unsqueeze(1)
     new_upper = rows * s_up.unsqueeze(1)
     new_upper[:, k] += b_up
-    return _State(new_lower, new_upper, k, unstable), low, high, (s_lo, None, s_up, b_up)
+    return _State(new_lower, new_upper, k, relu.unstable), *relu.interval(), (relu.lower_slope, None, s_up, b_up)
 
 
-def _exact_relu_linear(state: _State, linear: nn.Linear, parts: ExactReluParts) -> tuple[_State, torch.Tensor, torch.Tensor]:
+def _exact_relu_linear(relu: _ExactRelu, k: int, linear: nn.Linear) -> tuple[_State, torch.Tensor, torch.Tensor]:
     """A ReLU of an exact input, then nn.Linear, without forming the ReLU's lines on every neuron.
 
     W (lower + upper)/2 + b is a dense product of the lines' midpoint (the exact linear piece where
-    stable); W (upper - lower)/2 a sparse one over the unstable neurons only. `parts`:
-    `_exact_relu_parts(state)`. Returns the state after the Linear, and for
-    `_Kinks.minimum_after_linear` the midpoint's image [N, k + 1, out] and its entries at the
-    unstable neurons [k + 1, nnz].
+    stable); W (upper - lower)/2 a sparse one over the unstable neurons only. Returns the state
+    after the Linear, and for `_Kinks.minimum_after_linear` the midpoint's image [N, k + 1, out]
+    and its entries at the unstable neurons [k + 1, nnz].
     """
-    k = state.k
-    rows = state.lower
+    rows, unstable = relu.rows, relu.unstable
     n, lines = rows.shape[:2]
-    _, _, unstable, s_lo, chord, intercept = parts
-    rows_u = unstable.entries(rows.flatten(2))  # [k + 1, nnz]
-    lower_u = rows_u * s_lo.reshape(-1)[unstable.flat]
-    upper_u = rows_u * chord
-    upper_u[k] += intercept
-    middle = rows * s_lo.unsqueeze(1)  # the midpoint line: the lower line, but at the unstable neurons
+    lower_u = relu.rows_u * relu.lower_slope.reshape(-1)[unstable.flat]
+    upper_u = relu.rows_u * relu.chord
+    upper_u[k] += relu.intercept
+    middle = rows * relu.lower_slope.unsqueeze(1)  # the midpoint line: the lower line, but at the unstable neurons
     middle_u = (lower_u + upper_u) * 0.5
-    middle.flatten(2).permute(1, 0, 2)[:, unstable.boxes, unstable.columns] = middle_u
+    middle.view(-1).index_copy_(0, unstable.positions(lines, middle[0, 0].numel()), middle_u.reshape(-1))
     mid = F.linear(middle.flatten(2), linear.weight)  # [N, k + 1, out]
     if linear.bias is not None:
         mid[:, k] += linear.bias
     new_lower = torch.addmm(mid.flatten(0, 1), unstable.matrix((upper_u - lower_u) * 0.5), linear.weight.abs().T, alpha=-1).unflatten(0, (n, lines))
-    new_upper = mid.mul(2).sub_(new_lower)
+    new_upper = torch.lerp(new_lower, mid, 2.0)  # 2 mid - lower
     return _State(new_lower, new_upper, k), mid, middle_u
 
 
@@ -1057,7 +1095,7 @@ def _propagate(flat: Layers, state: _State, interval: bool, spec: Spec | None, t
         step = _Step(module, tuple(state.lower.shape[2:]))
         following = flat[position + 1][1] if position + 1 < end else None
         if type(module) is nn.ReLU and state.upper is None and not interval and type(following) is nn.Linear and state.lower.dim() == 3:
-            fused = _fused_relu_linear(state, module, following, step, kinks=tape is not None and state.k == 1)
+            fused = _fused_relu_linear(state, module, following, step, tape is not None)
             if fused is not None:
                 state, linear_step = fused
                 if tape is not None:
@@ -1094,18 +1132,19 @@ def _propagate(flat: Layers, state: _State, interval: bool, spec: Spec | None, t
     return state
 
 
-def _fused_relu_linear(state: _State, relu: nn.ReLU, linear: nn.Linear, step: _Step, kinks: bool) -> tuple[_State, _Step] | None:
+def _fused_relu_linear(state: _State, relu: nn.ReLU, linear: nn.Linear, step: _Step, tape: bool) -> tuple[_State, _Step] | None:
     """`_exact_relu_linear` with its tape steps (`step` for the ReLU is filled in); None if too many neurons are unstable."""
-    parts = _exact_relu_parts(state)
-    low, high, unstable, lower_slope = parts[:4]
+    parts = _ExactRelu.of(state)
+    unstable = parts.unstable
     if int(unstable.count.sum()) > _SPARSE_GAP_DENSITY * unstable.mask.numel():
         return None
-    after, mid, middle_u = _exact_relu_linear(state, linear, parts)
-    step.low, step.high = low, high
+    after, mid, middle_u = _exact_relu_linear(parts, state.k, linear)
     linear_step = _Step(linear, tuple(state.lower.shape[2:]))
-    if kinks and unstable.index.shape[1] <= _MAX_KINKS:
-        step.kinks = linear_step.finish = _Kinks(relu, state.lower[:, :2], lower_slope, unstable)
+    if tape and state.k == 1 and unstable.index.shape[1] <= _MAX_KINKS:
+        step.kinks = linear_step.finish = _Kinks(relu, state.lower[:, :2], parts.lower_slope, unstable)
         linear_step.midpoint = (mid, unstable.padded(middle_u))
+    elif tape:
+        step.low, step.high = parts.interval()  # back-substitution relaxes this ReLU
     return after, linear_step
 
 
@@ -1116,9 +1155,9 @@ _MAX_KINKS = 256
 def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs: _State, refine_below: float | None, minimum_only: bool) -> torch.Tensor:
     """max(forward, back-substituted) lower bounds [N, S] on the rows that the options select (all rows by default).
 
-    With `minimum_only` or `refine_below`, two rounds: first, per box, the row with the lowest
-    forward bound; then every row whose forward bound is below what the first gave (only
-    those can still lower the minimum over rows). With `refine_below` only rows at or below it
+    With `minimum_only` or `refine_below`, two rounds: first, per box, the row (refine_below) or
+    the two rows (minimum_only) with the lowest forward bounds; then every row whose forward
+    bound is below what the first round gave (only those can still lower the minimum over rows). With `refine_below` only rows at or below it
     are candidates, and a box whose first row comes out <= refine_below stops (it cannot be
     proved). So the minimum over rows equals that of back-substituting every row
     (minimum_only), or is > refine_below exactly when that one is (refine_below); the other
@@ -1129,21 +1168,22 @@ def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs:
         return torch.maximum(low, _back_substitute(tape, C, pieces, inputs, None, every))
     threshold = float("inf") if refine_below is None else refine_below
     best = low.clone()
-    first = low.argmin(dim=1, keepdim=True)  # [N, 1]
+    # First round: the lowest row (refine_below), or the two lowest (minimum_only: usually both are needed).
+    first = low.topk(min(low.shape[1], 1 if refine_below is not None else _FIRST_ROUND_ROWS), dim=1, largest=False).indices  # [N, r]
     lowest = low.gather(1, first)
-    todo = (lowest <= threshold).squeeze(1)
-    boxes = None if bool(todo.all()) else todo.nonzero().squeeze(1)
-    if boxes is not None and not len(boxes):
+    todo = lowest[:, 0] <= threshold
+    if not bool(todo.any()):
         return best
+    boxes = None if bool(todo.all()) else todo.nonzero().squeeze(1)
     at = torch.arange(low.shape[0], device=low.device) if boxes is None else boxes
     row = first[at]
     reached = torch.maximum(lowest[at], _back_substitute(tape, C, pieces, inputs, boxes, row))
     best[at[:, None], row] = reached
-    # Second round: rows whose forward bound is below the first row's bound (minimum_only), or at
-    # or below refine_below in boxes whose first row passed (refine_below).
-    cutoff = torch.full_like(lowest, -torch.inf)
+    # Second round: rows whose forward bound is below the first round's smallest bound (minimum_only),
+    # or at or below refine_below in boxes whose first row passed (refine_below).
+    cutoff = torch.full_like(lowest[:, :1], -torch.inf)
     if refine_below is None:
-        cutoff[at] = reached
+        cutoff[at] = reached.amin(dim=1, keepdim=True)
         second = low < cutoff
     else:
         cutoff[at] = torch.where(reached > threshold, threshold, -torch.inf)
@@ -1154,6 +1194,11 @@ def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs:
         bound = _back_substitute(tape, C, pieces, inputs, pair_boxes, pair_rows[:, None]).squeeze(1)
         best[pair_boxes, pair_rows] = torch.maximum(low[pair_boxes, pair_rows], bound)
     return best
+
+
+_FIRST_ROUND_ROWS = 2
+"""minimum_only: rows per box in the first round. Forward bounds are looser than back-substituted ones, so about two rows per
+box have a forward bound below the minimum (1.97 on benchmarks/bench_verify.py); both in one batch avoid gathering per-box data."""
 
 
 def _step_lines(step: _Step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -1292,9 +1337,11 @@ def _pieces_count(pieces: int | Sequence[int], k: int) -> int:
     return math.prod(counts)
 
 
-_CHUNK_BYTES = 1_000_000
-"""Automatic chunks keep one row tensor [boxes, k + 2, largest layer] near 1 MB (in cache): on a
-shared 2-core CPU that made the 16-256-256-10 head 2.5x faster than one batch of 4096 boxes."""
+_CHUNK_BYTES = 16_000_000
+"""Automatic chunks keep one row tensor [boxes, k + 2, largest layer] near 16 MB (at most 4096
+boxes): back-substitution of chosen rows and the sparse products take many small operations per
+chunk, so on the 16-256-256-10 head one chunk of 4096 boxes is fastest (1 MB chunks of 325 boxes
+were 1.3x slower, on a shared 2-core CPU)."""
 
 
 def _chunks(batch: int, per_sample: int, max_boxes: int | None, k: int, largest: int, itemsize: int) -> list[slice]:
@@ -1363,14 +1410,19 @@ def margin_lower_bounds(
 
     For upper bounds of row c, ask for the lower bound of -c (both in one call: C = cat([C, -C], 1)).
     pieces, interval, max_boxes: as in `output_bounds`.
-    back_substitute: also bound C f by CROWN's back-substitution (S rows per sample through every
-    layer, transposed) using the forward pass's intermediate intervals, and keep the larger bound.
-    Much tighter on deep networks (forward bounds lose where relaxation errors of one layer meet
-    weights of mixed signs in the next), at the cost of S more rows per layer.
-    refine_below: with back_substitute, back-substitute only the rows whose forward lower bound
-    (over all pieces of the sample) is <= refine_below, padded to the same count r for every
-    sample of a chunk; the other rows keep their forward bound, which is sound. A verifier that
-    needs every row > 0 passes its margin here and pays for r rows instead of S.
+    back_substitute: also bound C f by CROWN's back-substitution (one row of C at a time through
+    every layer, transposed) using the forward pass's intermediate intervals, and keep the larger
+    bound. Much tighter on deep networks (forward bounds lose where relaxation errors of one
+    layer meet weights of mixed signs in the next). With k = 1 it ends exactly at the first
+    ReLU / LeakyReLU (see "Back-substitution" in the module docstring): tighter than CROWN.
+    minimum_only: with back_substitute, back-substitute only the rows that can be the minimum
+    over rows of their box (per box: the two lowest forward bounds, then any row whose forward
+    bound is below the smallest back-substituted one). min over rows is then that of
+    back-substituting every row; the other rows keep their (sound) forward bounds.
+    refine_below: with back_substitute, for a caller that needs min over rows > refine_below:
+    per box, the row with the lowest forward bound, then, if it came out > refine_below, every
+    other row at or below it. Proves (min > refine_below) exactly the boxes that
+    back-substituting every row proves, usually at the cost of about one row per box.
     """
     if C.dim() != 3 or C.shape[0] != input_bounds.batch:
         raise ValueError(f"C must have shape [B={input_bounds.batch}, S, n_out], got {tuple(C.shape)}")
