@@ -3,8 +3,8 @@
 Head 16-256-256-10 (random weights, fixed seed), batch 4096, one direction, t in
 [-0.5, 0.5]. For each bound method the verifier offers (ours, linear in t: forward,
 forward+backward; auto_LiRPA: IBP, CROWN, CROWN-IBP, alpha-CROWN) prints, from one run:
-the time of the margin lower bounds (the best of a few repeats, for every method alike),
-throughput as a ratio to a plain forward pass of the same head and batch, the mean width
+the time of the margin lower bounds, throughput as a ratio to a plain forward pass of the
+same head and batch (timed in pairs, see `_paired`), the mean width
 (upper - lower) of the worst margin's bounds, next to the empirical width from 1,000 sampled
 t, and the share of samples proved. Runs on CUDA too with --device cuda.
 benchmarks/bench_linear_bounds.py adds splitting and pixel mode;
@@ -31,19 +31,31 @@ from auditai_ops.verify.lirpa_compat import METHODS, build_bounded_module, compu
 Bounds = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _timed(function: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """The shortest of `repeats` timed calls, after one untimed call (a shared machine adds noise, never removes it)."""
+def _elapsed(function: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
     function()
-    best = float("inf")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def _paired(method: Callable[[], object], forward: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float, float]:
+    """(median time of `method`, median time of a forward pass, median ratio forward / method), from `repeats` pairs.
+
+    Each pair times the method and, right before it, a forward pass (the fastest of three): on a
+    machine shared with other jobs both then see about the same load, and the median ratio is
+    far steadier than a ratio of two timings taken minutes apart.
+    """
+    method()
+    forward()
+    pairs = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return best
+        forward_seconds = min(_elapsed(forward, device) for _ in range(3))
+        pairs.append((_elapsed(method, device), forward_seconds))
+    times, forwards = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+    return float(times.median()), float(forwards.median()), float((forwards / times).median())
 
 
 def main() -> None:
@@ -72,11 +84,10 @@ def main() -> None:
     min_margin = VerifyConfig().min_margin
     line_input = latent_line_input(z, direction)
 
-    def forward_pass() -> float:
+    def forward_pass() -> None:
         with torch.no_grad():
-            return _timed(lambda: line(centre, z), 4 * args.repeats, device)
+            line(centre, z)
 
-    forward = forward_pass()
     with torch.no_grad():
         ts = torch.linspace(-args.half_width, args.half_width, 1000, device=device)
         sampled = torch.stack([margins(line(torch.full_like(low, float(t)), z), targets) for t in ts])
@@ -105,22 +116,20 @@ def main() -> None:
 
     print(f"device {device}, {torch.get_num_threads()} thread(s), batch {args.batch}, t in [-{args.half_width}, {args.half_width}]")
     print(f"empirical width of the worst margin (1,000 sampled t): {empirical:.4f}")
-    rows: list[tuple[str, float, str, float]] = []
+    print(f"{'method':36s} {'time (ms)':>10s} {'forward (ms)':>13s} {'throughput/forward':>19s} {'mean width':>11s} {'proved':>7s}")
     proved_by: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for label, lower, upper_from, repeats in variants:
-            forward = min(forward, forward_pass())  # timed again next to every method: the fastest forward pass seen
-            seconds = _timed(lambda lower=lower: lower(spec), repeats, device)
+            seconds, forward, ratio = _paired(lambda lower=lower: lower(spec), forward_pass, repeats, device)
             worst_lower = lower(spec).min(dim=1).values
             proved_by[label] = worst_lower > min_margin
             width = "-" if upper_from is None else f"{float(((-upper_from(-spec)).min(dim=1).values - worst_lower).mean()):.4f}"
-            rows.append((label, seconds, width, float(proved_by[label].float().mean())))
-    print(f"forward pass: {forward * 1e3:.2f} ms  ({args.batch / forward:,.0f} samples/s), the fastest of its timings next to every method")
-    print(f"{'method':36s} {'time (ms)':>10s} {'throughput/forward':>19s} {'mean width':>11s} {'proved':>7s}")
-    for label, seconds, width, proved in rows:
-        print(f"{label:36s} {seconds * 1e3:10.1f} {forward / seconds:19.4f} {width:>11s} {proved:7.3f}")
+            proved = float(proved_by[label].float().mean())
+            print(f"{label:36s} {seconds * 1e3:10.1f} {forward * 1e3:13.2f} {ratio:19.4f} {width:>11s} {proved:7.3f}", flush=True)
     same = bool((proved_by["default, worst margin"] == proved_by["default, as the verifier calls it"]).all())
     print("Notes:")
+    print("- time: median of the repeats; forward: a plain forward pass of the same head and batch timed right before each repeat;")
+    print("  throughput/forward: the median of those paired ratios.")
     print("- width: mean over samples of upper - lower for the worst margin min_j m_j: lower = min_j of the method's margin")
     print("  lower bounds on C, upper = min_j of its margin upper bounds (lower bounds on -C); the time is that of the lower bounds on C.")
     print(f"- proved: share of samples whose worst-margin lower bound is > min_margin = {min_margin:g} (what the verifier needs).")
