@@ -359,10 +359,10 @@ def _check_leaf(where: str, module: nn.Module) -> None:
 class _Unstable:
     """The neurons of a piecewise-linear activation whose input interval contains 0, per box.
 
-    mask [N, F] over the flattened layer; index [N, M]: their positions in increasing order
-    (padded with 0), valid [N, M]: which entries are real, count [N]; flat: the same as
-    (box, position) pairs. Elsewhere the activation is linear on its input's range, so its
-    lower and upper lines coincide there.
+    mask [N, F] over the flattened layer; count [N]; boxes, columns [nnz]: the (box, position)
+    pairs, box-major, positions increasing; slot [nnz]: the pair's rank within its box; index
+    [N, M]: the positions per box (padded with 0). Elsewhere the activation is linear on its
+    input's range, so its lower and upper lines coincide there.
     """
 
     def __init__(self, mask: torch.Tensor) -> None:
@@ -376,7 +376,6 @@ class _Unstable:
         self.slot = torch.arange(len(self.boxes), device=mask.device) - self.starts[self.boxes]
         self.index = torch.zeros(mask.shape[0], width, dtype=torch.long, device=mask.device)
         self.index[self.boxes, self.slot] = self.columns
-        self.valid = torch.arange(width, device=mask.device) < self.count[:, None]
 
     def positions(self, lines: int, features: int) -> torch.Tensor:
         """Where the unstable entries of every row lie in a contiguous [N, lines, features] tensor, flattened: [lines * nnz], row-major in (line, nnz)."""
@@ -399,7 +398,7 @@ class _Unstable:
         lines = entries.shape[0]
         if lines not in self._layouts:
             count = self.count[self.boxes]
-            position = (self.starts[self.boxes] * lines + torch.arange(len(self.boxes), device=count.device) - self.starts[self.boxes]).repeat(lines)
+            position = (self.starts[self.boxes] * lines + self.slot).repeat(lines)  # entry (j, t) -> row b R + j, after its j earlier rows
             position += torch.arange(lines, device=count.device).repeat_interleave(len(self.boxes)) * count.repeat(lines)
             crow = torch.zeros(len(self.count) * lines + 1, dtype=torch.long, device=count.device)
             torch.cumsum(self.count.repeat_interleave(lines), 0, out=crow[1:])
@@ -1067,8 +1066,9 @@ class _Kinks:
         lowest = steps.cumsum(dim=2).amin(dim=2).clamp_(max=0.0).add_(start)  # at the kinks and s = 1, and at s = -1
         # Recursive summation of n terms errs by at most n eps sum |terms|: bound every sum used, generously.
         terms = torch.bmm(a_u.abs_(), table[..., 3:]).squeeze(2) + start.abs() + centre.abs() + 2 * slope.abs() + steps.abs_().sum(dim=2)
-        error = 4 * (a_u.shape[2] + 4) * torch.finfo(wide).eps * terms
-        return (lowest - error).to(stable.dtype)
+        bound = lowest - 4 * (a_u.shape[2] + 4) * torch.finfo(wide).eps * terms
+        narrow = bound.to(stable.dtype)  # rounded down, not to nearest
+        return torch.where(narrow.to(wide) > bound, torch.nextafter(narrow, torch.full_like(narrow, -torch.inf)), narrow)
 
 
 def _pick(values: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor:
@@ -1157,11 +1157,11 @@ def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs:
 
     With `minimum_only` or `refine_below`, two rounds: first, per box, the row (refine_below) or
     the two rows (minimum_only) with the lowest forward bounds; then every row whose forward
-    bound is below what the first round gave (only those can still lower the minimum over rows). With `refine_below` only rows at or below it
-    are candidates, and a box whose first row comes out <= refine_below stops (it cannot be
-    proved). So the minimum over rows equals that of back-substituting every row
-    (minimum_only), or is > refine_below exactly when that one is (refine_below); the other
-    rows keep their forward bounds, sound and looser.
+    bound is below what the first round gave (only those can still lower the minimum over
+    rows). With `refine_below` only rows at or below it are candidates, and a box whose first
+    row comes out <= refine_below stops (it cannot be proved). So the minimum over rows equals
+    that of back-substituting every row (minimum_only), or is > refine_below exactly when that
+    one is (refine_below); the other rows keep their forward bounds, sound and looser.
     """
     if refine_below is None and not minimum_only:
         every = torch.arange(C.shape[1], device=low.device).expand(low.shape[0], -1)
