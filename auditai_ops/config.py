@@ -121,7 +121,7 @@ class UnitTestConfig(_Section):
 class VerifyConfig(_Section):
     """How unit tests are proved: bound methods in order, counterexample search, branch-and-bound budget, device."""
 
-    methods: tuple[BoundMethod, ...] = ("forward", "forward+backward")
+    methods: tuple[BoundMethod, ...] = ("forward+backward",)
     refine_method: BoundMethod | None = None
     samples: PositiveInt = 1000
     batch_size: PositiveInt = 1024

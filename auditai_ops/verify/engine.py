@@ -33,13 +33,25 @@ from torch import nn
 
 from auditai_ops.errors import AuditInputError
 from auditai_ops.verify.line_model import LatentLine
-from auditai_ops.verify.linear_bounds import latent_line_input
+from auditai_ops.verify.linear_bounds import AffineBounds, latent_line_input
 from auditai_ops.verify.linear_bounds import margin_lower_bounds as linear_margin_lower_bounds
 from auditai_ops.verify.lirpa_compat import build_bounded_module, compute_margin_lower_bounds
 
 VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
 LINEAR_METHODS = ("forward", "forward+backward")
 """Bounds linear in t (auditai_ops.verify.linear_bounds): forward mode, and forward mode plus CROWN's back-substitution."""
+
+
+def linear_margin_bounds(model: nn.Module, line_input: AffineBounds, spec: torch.Tensor, t_low: torch.Tensor, t_high: torch.Tensor, method: str, min_margin: float) -> torch.Tensor:
+    """Margin lower bounds [B, S] by a linear method, as the verifier computes them.
+
+    forward+backward back-substitutes only the margins that decide whether min_j > min_margin
+    (`refine_below`): it proves exactly the boxes that back-substituting every margin proves.
+    """
+    if method not in LINEAR_METHODS:
+        raise ValueError(f"not a linear bound method: {method!r}")
+    backward = method == "forward+backward"
+    return linear_margin_lower_bounds(model, line_input, spec, t_low, t_high, back_substitute=backward, refine_below=min_margin if backward else None)
 
 
 @dataclass(frozen=True)
@@ -308,7 +320,7 @@ class LineVerifier:
     def _lower_bound(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, method: str, min_margin: float) -> np.ndarray:
         """min_j of the lower bounds of the margins on each piece, in batches of `batch_size` pieces.
 
-        forward+backward back-substitutes only the margins that forward mode leaves <= min_margin.
+        forward+backward back-substitutes only the margins that decide the proof (see `linear_margin_bounds`).
         """
         results = []
         for first in range(0, len(pieces.owner), self.batch_size):
@@ -316,9 +328,7 @@ class LineVerifier:
             z, y, low, high = self._rows(z_all, y_all, part, outward=True)
             spec = margin_specification(y, self.num_classes)
             if method in LINEAR_METHODS:
-                line = latent_line_input(z, self.directions)
-                backward = method == "forward+backward"
-                bounds = linear_margin_lower_bounds(self.line.head, line, spec, low, high, back_substitute=backward, refine_below=min_margin if backward else None)
+                bounds = linear_margin_bounds(self.line.head, latent_line_input(z, self.directions), spec, low, high, method, min_margin)
             else:
                 bounds = compute_margin_lower_bounds(self._bounded_module(), ((low + high) / 2, z), low, high, spec, method)
             results.append(bounds.min(dim=1).values.detach().cpu().numpy().astype(np.float64))

@@ -20,8 +20,9 @@ API (all take the layers, the input's linear bounds and boxes t_low, t_high of s
   `affine_output_bounds` -> the outputs' linear bounds in t (`AffineBounds`).
 * options: `pieces` (split every box into equal sub-boxes, bounded as one batch; the bound is
   the minimum over them), `interval` (propagate an interval alongside and intersect),
-  `back_substitute` (margins only: add a CROWN-style back-substitution of C), `max_boxes`
-  (bound at most this many sub-boxes at once, to cap memory).
+  `back_substitute` (margins only: add a CROWN-style back-substitution of C, of only the rows
+  that decide with `minimum_only` / `refine_below`), `max_boxes` (bound at most this many
+  sub-boxes at once, to cap memory).
 
 Layers (exact types, as `auditai_ops.layers.SUPPORTED_LAYERS`; convolutions more generally than
 auto_LiRPA 0.3 takes them):
@@ -82,9 +83,30 @@ Back-substitution (`back_substitute=True`): forward bounds lose where the relaxa
 one layer meet weights of mixed signs in the next (they pay |A| |W| where CROWN pays |A W|).
 CROWN's back-substitution of C through every layer (lower line where the running coefficient
 is positive, upper where negative, lines valid on the forward pass's intervals of each
-activation input) avoids that at the cost of S rows per sample through every layer; it is run
-after the forward pass and the larger of the two bounds is kept. With two hidden layers on an
-affine input, the forward intermediate bounds are exactly CROWN's, so this is CROWN's bound.
+activation input) avoids that at the cost of one row per row of C through every layer; it is
+run after the forward pass and the larger of the two bounds is kept. With two hidden layers on
+an affine input, the forward intermediate bounds are exactly CROWN's. Three refinements:
+
+* Exact first layer (k = 1). The first activation sees an exact input x(s) = c + r s. If it
+  is piecewise linear (ReLU, LeakyReLU), a linear function a . f(x(s)) + constant of its
+  output is piecewise linear in s, kinked where an unstable neuron's input crosses 0, so its
+  minimum over [-1, 1] is the least of its values at those kinks and the two ends: the
+  back-substitution stops there with that exact minimum (`_Kinks`: kinks sorted per box,
+  values by running sums in float64, lowered by a bound on their rounding) instead of
+  relaxing the layer. Never looser than CROWN, whose relaxation of that layer only loses;
+  with one hidden layer the bound is the exact minimum.
+* Sparse products (`_Unstable`). Right after such an activation the lower and upper lines
+  differ only at the unstable neurons (elsewhere both are the linear piece, bit for bit), so
+  a following nn.Linear forms W (lower + upper)/2 densely and |W| (upper - lower)/2 as a
+  sparse product over the unstable neurons (a ReLU followed by nn.Linear is fused,
+  `_exact_relu_linear`). Back-substitution through that nn.Linear needs a W only at the
+  unstable columns (a sampled sparse product) and a . (W m + b) for the lines' midpoint m,
+  kept from the forward pass (`_Kinks.minimum_after_linear`).
+* Rows (`minimum_only`, `refine_below`): the verifier needs min over rows > min_margin, so
+  only the rows that can decide that are back-substituted (`_refine`).
+The last activation is relaxed over its input interval in forward mode too (the lines
+back-substitution needs, computed once), so forward bounds in this mode can be slightly
+looser than `back_substitute=False` on a row that is not back-substituted.
 
 Floating point: like auto_LiRPA, the bounds are computed in the input's dtype without
 directed rounding; the matrix products' rounding (about 1e-6 relative in float32) is not
@@ -94,6 +116,7 @@ accounted for. Prove with a small positive margin, as the verifier does.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -121,6 +144,7 @@ LayerList = nn.Module | Sequence[nn.Module] | Sequence[tuple[str, nn.Module]]
 
 _AFFINE = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm1d, nn.BatchNorm2d, PerChannelNormalize)
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
+_PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU)
 _RESHAPES = (nn.Flatten, nn.Identity)
 _LEAVES = frozenset(_AFFINE + _ACTIVATIONS + _RESHAPES)
 _BISECTION_STEPS = 16
@@ -332,11 +356,88 @@ def _check_leaf(where: str, module: nn.Module) -> None:
 # through reshapes like any row.
 
 
+class _Unstable:
+    """The neurons of a piecewise-linear activation whose input interval contains 0, per box.
+
+    mask [N, F] over the flattened layer; count [N]; boxes, columns [nnz]: the (box, position)
+    pairs, box-major, positions increasing; slot [nnz]: the pair's rank within its box; index
+    [N, M]: the positions per box (padded with 0). Elsewhere the activation is linear on its
+    input's range, so its lower and upper lines coincide there.
+    """
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self.count = mask.sum(dim=1)
+        width = int(self.count.max()) if mask.shape[0] else 0
+        self.boxes, self.columns = mask.nonzero(as_tuple=True)
+        self.flat = self.boxes * mask.shape[1] + self.columns  # positions in mask.reshape(-1)
+        self._layouts: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.starts = torch.cumsum(self.count, 0) - self.count
+        self.slot = torch.arange(len(self.boxes), device=mask.device) - self.starts[self.boxes]
+        self.index = torch.zeros(mask.shape[0], width, dtype=torch.long, device=mask.device)
+        self.index[self.boxes, self.slot] = self.columns
+
+    def positions(self, lines: int, features: int) -> torch.Tensor:
+        """Where the unstable entries of every row lie in a contiguous [N, lines, features] tensor, flattened: [lines * nnz], row-major in (line, nnz)."""
+        flat = self.boxes * (lines * features) + self.columns
+        return torch.cat([flat + j * features for j in range(lines)])
+
+    def entries(self, values: torch.Tensor) -> torch.Tensor:
+        """values [N, R, F] at the unstable positions: [R, nnz]."""
+        n, lines, features = values.shape
+        return values.contiguous().view(-1).index_select(0, self.positions(lines, features)).view(lines, -1)
+
+    def padded(self, entries: torch.Tensor) -> torch.Tensor:
+        """entries [R, nnz] as [N, M, R] in `index` order, 0 at padding."""
+        out = entries.new_zeros(*self.index.shape, entries.shape[0])
+        out[self.boxes, self.slot] = entries.T
+        return out
+
+    def matrix(self, entries: torch.Tensor) -> torch.Tensor:
+        """The sparse CSR matrix [N * R, F] whose row b R + j holds entries[j] ([R, nnz]) at box b's unstable positions."""
+        lines = entries.shape[0]
+        if lines not in self._layouts:
+            count = self.count[self.boxes]
+            position = (self.starts[self.boxes] * lines + self.slot).repeat(lines)  # entry (j, t) -> row b R + j, after its j earlier rows
+            position += torch.arange(lines, device=count.device).repeat_interleave(len(self.boxes)) * count.repeat(lines)
+            crow = torch.zeros(len(self.count) * lines + 1, dtype=torch.long, device=count.device)
+            torch.cumsum(self.count.repeat_interleave(lines), 0, out=crow[1:])
+            columns = torch.empty_like(position)
+            columns[position] = self.columns.repeat(lines)
+            self._layouts[lines] = (crow, columns, position)
+        crow, columns, position = self._layouts[lines]
+        values = entries.new_empty(position.shape)
+        values[position] = entries.reshape(-1)
+        return _csr(crow, columns, values, (len(self.count) * lines, self.mask.shape[1]))
+
+    def sampled(self, a: torch.Tensor, weight: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(a @ weight) at the unstable positions of each row's box: a [R, out], weight [out, F], boxes [R] -> [R, M] in `index` order (0 at padding)."""
+        count = self.count[boxes]
+        crow = torch.zeros(len(boxes) + 1, dtype=torch.long, device=a.device)
+        torch.cumsum(count, 0, out=crow[1:])
+        total = int(crow[-1])
+        row = torch.repeat_interleave(torch.arange(len(boxes), device=a.device), count, output_size=total)
+        slot = torch.arange(total, device=a.device) - crow[row]
+        mask = _csr(crow, self.columns[self.starts[boxes][row] + slot], a.new_zeros(total), (len(boxes), weight.shape[1]))
+        values = torch.sparse.sampled_addmm(mask, a, weight, beta=0.0).values()
+        out = a.new_zeros(len(boxes), self.index.shape[1])
+        out[row, slot] = values
+        return out
+
+
+def _csr(crow: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A sparse CSR matrix (columns increasing within each row, by construction: invariants are not re-checked)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(crow, columns, values, size, check_invariants=False)
+
+
 @dataclass
 class _State:
     lower: torch.Tensor  # [N, R, *S], R = k + 1, or k + 2 with the interval row
     upper: torch.Tensor | None  # None: the same as lower (an exact affine function, no interval row)
     k: int
+    unstable: _Unstable | None = None  # upper - lower vanishes outside these (flattened) positions; see `_sparse_gap_linear`
 
     @property
     def up(self) -> torch.Tensor:
@@ -347,10 +448,14 @@ class _State:
         return self.lower.shape[1] == self.k + 2
 
 
+def _spread(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """max - centre over s in [-1, 1]^k of the linear functions in rows[:, :k + 1]: sum_j |a_j|."""
+    return rows[:, 0].abs() if k == 1 else rows[:, :k].abs().sum(dim=1)
+
+
 def _range(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(min, max) over s in [-1, 1]^k of the linear functions in rows[:, :k + 1]."""
-    centre = rows[:, k]
-    spread = rows[:, 0].abs() if k == 1 else rows[:, :k].abs().sum(dim=1)
+    centre, spread = rows[:, k], _spread(rows, k)
     return centre - spread, centre + spread
 
 
@@ -387,7 +492,8 @@ def _reshape(state: _State, module: nn.Module, where: str) -> _State:
             raise UnsupportedLayerError(where, module, "does not keep the batch dimension and the number of elements")
         return y.unflatten(0, t.shape[:2])
 
-    return _State(apply(state.lower), None if state.upper is None else apply(state.upper), state.k)
+    unstable = state.unstable if isinstance(module, nn.Flatten) else None  # flattening keeps the flattened order
+    return _State(apply(state.lower), None if state.upper is None else apply(state.upper), state.k, unstable)
 
 
 def _channel_view(values: torch.Tensor, sample_dims: int) -> torch.Tensor:
@@ -399,10 +505,47 @@ def _multiply(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x * w
 
 
+_SPARSE_GAP_DENSITY = 0.25
+"""`_sparse_gap_linear` is used when no box has more than this share of a layer's neurons unstable."""
+
+
+def _sparse_gap_linear(state: _State, module: nn.Linear) -> tuple[_State, tuple[torch.Tensor, torch.Tensor]] | None:
+    """nn.Linear after a piecewise-linear activation of an exact input, with (upper - lower) by a sparse product.
+
+    The gap upper - lower of the line rows (0..k) vanishes except at the unstable neurons
+    (`_Unstable`), so (|W|/2)(upper - lower) is a sparse-dense product over those columns only;
+    W (upper + lower)/2 + b stays dense. Also returns, for `_Kinks.minimum_after_linear`, that
+    midpoint image [N, k + 1, out] and the midpoint's entries at the unstable neurons [N, M, k + 1].
+    None when too many neurons are unstable for that to pay.
+    """
+    unstable, upper = state.unstable, state.upper
+    if unstable is None or upper is None or state.lower.dim() != 3:
+        return None
+    k = state.k
+    n, rows, features = state.lower.shape
+    if int(unstable.count.sum()) > _SPARSE_GAP_DENSITY * n * features:
+        return None
+    lines = k + 1
+    weight = module.weight
+    mid = F.linear(upper + state.lower, weight * 0.5)  # [N, R, out]
+    if module.bias is not None:
+        mid[:, k:] += module.bias
+    upper_u, lower_u = unstable.entries(upper[:, :lines]), unstable.entries(state.lower[:, :lines])
+    mid_lines = mid[:, :lines]
+    radius = (unstable.matrix((upper_u - lower_u) * 0.5) @ weight.abs().T).unflatten(0, (n, lines))
+    new_lower, new_upper = mid_lines - radius, mid_lines + radius
+    if rows > lines:  # the interval row: interval arithmetic, dense
+        interval_radius = F.linear(upper[:, lines:] - state.lower[:, lines:], weight.abs() * 0.5)
+        new_lower = torch.cat([new_lower, mid[:, lines:] - interval_radius], dim=1)
+        new_upper = torch.cat([new_upper, mid[:, lines:] + interval_radius], dim=1)
+    return _State(new_lower, new_upper, k), (mid_lines, unstable.padded((upper_u + lower_u) * 0.5))
+
+
 def _affine_layer(state: _State, module: nn.Module) -> _State:
     sample_dims = state.lower.dim() - 2
     if isinstance(module, nn.Linear):
-        return _affine(state, F.linear, module.weight, module.bias)
+        sparse = _sparse_gap_linear(state, module)
+        return sparse[0] if sparse is not None else _affine(state, F.linear, module.weight, module.bias)
     if isinstance(module, nn.Conv2d):
         conv = module
         view_bias = None if conv.bias is None else _channel_view(conv.bias, sample_dims)
@@ -455,39 +598,51 @@ def _group_samples(C: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]
     return order, runs
 
 
-def _spec_layer(state: _State, C: torch.Tensor, final: nn.Linear | None, pieces: int, runs: list[tuple[int, int]] | None) -> _State:
-    """The margins C[b] (W x + b) (or C[b] x without a final nn.Linear), with C folded into W.
+def _spec_layer(state: _State, C: torch.Tensor, final: nn.Linear | None, pieces: int, runs: list[tuple[int, int]] | None) -> torch.Tensor:
+    """Lower-bound rows [N, R, S] of the margins C[b] (W x + b) (or C[b] x without a final nn.Linear), C folded into W.
 
     Bounding with (C W)+ and (C W)- is much tighter than bounding W x + b and then applying C:
-    lower = C W mid - |C W| rad, upper = C W mid + |C W| rad, mid/rad = (upper +/- lower) / 2.
-    With `runs` (samples sharing C are contiguous, see `_group_samples`) one folded matrix per
-    run is applied as a plain matrix product; otherwise one per sample by batched products.
+    lower = (C W)+ lower + (C W)- upper (rows 0..k: linear functions of s; row k + 1 when
+    tracked: interval arithmetic). With `runs` (samples sharing C are contiguous, see
+    `_group_samples`) one folded matrix per run is applied as a plain matrix product;
+    otherwise one per sample by batched products.
     """
     batch, outputs, n_out = C.shape
     k = state.k
     C = C.to(state.lower.dtype)
-    state = _State(state.lower.flatten(2), None if state.upper is None else state.upper.flatten(2), k)
-    n, rows, features = state.lower.shape
+    lower = state.lower.flatten(2)
+    upper = None if state.upper is None else state.upper.flatten(2)
+    n, rows, features = lower.shape
     if runs is not None:
-        pieces_out: list[_State] = []
-        for start, end in runs:
-            c = C[start]
-            weight = c if final is None else c @ final.weight
-            bias = None if final is None or final.bias is None else c @ final.bias
-            part = _State(state.lower[start * pieces : end * pieces], None if state.upper is None else state.upper[start * pieces : end * pieces], k)
-            pieces_out.append(_affine(part, F.linear, weight, bias))
-        if len(pieces_out) == 1:
-            return pieces_out[0]
-        lower = torch.cat([p.lower for p in pieces_out])
-        return _State(lower, None if state.upper is None else torch.cat([p.up for p in pieces_out]), k)
+        first = torch.tensor([start for start, _ in runs], device=C.device)
+        folded = C[first] if final is None else torch.matmul(C[first], final.weight)  # [runs, S, in]
+        biases = None if final is None or final.bias is None else torch.matmul(C[first], final.bias)  # [runs, S]
+        positive, negative = folded.clamp(min=0), folded.clamp(max=0)
+        out = lower.new_empty(n, rows, outputs)
+        for run, (start, end) in enumerate(runs):
+            part = slice(start * pieces, end * pieces)
+            if upper is None:
+                value = F.linear(lower[part], folded[run])
+            else:
+                value = F.linear(lower[part], positive[run])
+                value += F.linear(upper[part], negative[run])
+            if biases is not None:
+                value[:, k:] += biases[run]
+            out[part] = value
+        return out
     folded = C if final is None else torch.matmul(C, final.weight)  # [B, S, in]
     folded_bias = None if final is None or final.bias is None else torch.matmul(C, final.bias)  # [B, S]
 
-    def per_sample(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # x [N * R, in]; the rows of sample b are contiguous
-        return torch.bmm(x.reshape(batch, -1, features), w.transpose(1, 2)).reshape(-1, outputs)
+    def per_sample(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # x [N, R, in]; the rows of sample b are contiguous
+        return torch.bmm(x.reshape(batch, -1, features), w.transpose(1, 2)).reshape(n, rows, outputs)
 
-    bias_rows = None if folded_bias is None else folded_bias.repeat_interleave(pieces, dim=0).unsqueeze(1)  # [N, 1, S]
-    return _affine(state, per_sample, folded, bias_rows)
+    if upper is None:
+        value = per_sample(lower, folded)
+    else:
+        value = per_sample(lower, folded.clamp(min=0)) + per_sample(upper, folded.clamp(max=0))
+    if folded_bias is not None:
+        value[:, k:] += folded_bias.repeat_interleave(pieces, dim=0).unsqueeze(1)
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,12 +652,14 @@ def _spec_layer(state: _State, C: torch.Tensor, final: nn.Linear | None, pieces:
 def _relu_lines(lo: torch.Tensor, hi: torch.Tensor, upper: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """ReLU over [lo, hi]: upper the chord (exact where 0 is not inside), lower slope (hi + lo > 0) through 0.
 
-    Written with clamps rather than branches: hi+ / (hi+ - lo-) is 0 for hi <= 0, 1 for lo >= 0
-    and the chord's slope across 0; its intercept -s lo- is 0 in both stable cases.
+    Written with clamps rather than branches: hi+ / (hi+ - lo-) is 0 for hi <= 0, exactly 1 for
+    lo >= 0 < hi (subnormal numbers included) and the chord's slope across 0; its intercept
+    -s lo- is 0 in both stable cases, so where 0 is not inside both lines are the same.
     """
     if upper:
         hi_pos, lo_neg = hi.clamp(min=0), lo.clamp(max=0)
-        s = hi_pos / (hi_pos - lo_neg).clamp(min=torch.finfo(lo.dtype).tiny)
+        width = hi_pos - lo_neg
+        s = hi_pos / torch.where(width > 0, width, 1.0)
         return s, -s * lo_neg
     return (hi + lo > 0).to(lo.dtype), None
 
@@ -600,13 +757,28 @@ def _evaluate(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x) if isinstance(module, nn.Sigmoid) else torch.tanh(x)
 
 
-def _activation(state: _State, module: nn.Module, interval: bool) -> tuple[_State, torch.Tensor, torch.Tensor]:
-    """The relaxed activation, and the concrete interval [low, high] of its input."""
+Lines = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]
+"""(lower slope, lower intercept, upper slope, upper intercept) per neuron; None: intercept 0."""
+
+
+def _activation(state: _State, module: nn.Module, interval: bool, over_interval: bool = False) -> tuple[_State, torch.Tensor, torch.Tensor, Lines]:
+    """The relaxed activation, the concrete interval [low, high] of its input, and the lines used.
+
+    over_interval: relax over [low, high] for both lines (CROWN's lines, which back-substitution
+    uses) instead of over the ranges of the lower and upper functions: sound (U(t) >= x(t) >=
+    low, see the module docstring), a little looser in forward mode, and computed once.
+    """
+    if state.upper is None and type(module) is nn.ReLU and not interval:
+        return _exact_relu(state)
     k = state.k
     lower, upper = state.lower, state.up
-    l_min, l_max = _range(lower, k)
-    u_min, u_max = _range(upper, k) if state.upper is not None else (l_min, l_max)
-    if state.tracked:
+    if over_interval and not state.tracked:
+        low, high = lower[:, k] - _spread(lower, k), upper[:, k] + _spread(upper, k)
+        s_up, b_up = _lines(module, low, high, upper=True)
+        s_lo, b_lo = _lines(module, low, high, upper=False)
+    elif state.tracked:
+        l_min, l_max = _range(lower, k)
+        u_min, u_max = _range(upper, k)
         low, high = torch.maximum(l_min, lower[:, k + 1]), torch.minimum(u_max, upper[:, k + 1])
         high = torch.maximum(high, low)  # rounding only: the true interval is never empty
         # Upper: a line over the range of U (given U >= x >= low); lower: over the range of L.
@@ -616,6 +788,8 @@ def _activation(state: _State, module: nn.Module, interval: bool) -> tuple[_Stat
         s_up, b_up = _better(s_up, b_up, *_lines(module, low, high, upper=True), upper[:, k], upper=True)
         s_lo, b_lo = _better(s_lo, b_lo, *_lines(module, low, high, upper=False), lower[:, k], upper=False)
     else:
+        l_min, l_max = _range(lower, k)
+        u_min, u_max = _range(upper, k) if state.upper is not None else (l_min, l_max)
         low, high = l_min, u_max
         s_up, b_up = _lines(module, u_min, u_max, upper=True)
         s_lo, b_lo = _lines(module, l_min, l_max, upper=False)
@@ -632,7 +806,84 @@ def _activation(state: _State, module: nn.Module, interval: bool) -> tuple[_Stat
         out_high = torch.minimum(_evaluate(module, high), _range(new_upper, k)[1])
         new_lower[:, k + 1] = out_low
         new_upper[:, k + 1] = torch.maximum(out_high, out_low)
-    return _State(new_lower, new_upper, k), low, high
+    unstable = None
+    if state.upper is None and isinstance(module, _PIECEWISE_LINEAR):
+        # An exact input: where its range does not contain 0 both lines are the activation's linear piece, identical.
+        unstable = _Unstable(((low < 0) & (high > 0)).flatten(1))
+    return _State(new_lower, new_upper, k, unstable), low, high, (s_lo, b_lo, s_up, b_up)
+
+
+@dataclass
+class _ExactRelu:
+    """A ReLU of an exact input x(s) = centre + a . s (rows [N, k + 1, *S], no interval row), relaxed over [low, high].
+
+    The same lines as `_relu_lines` over [low, high] = centre -/+ sum_j |a_j|: lower slope 1 where
+    centre > 0, else 0 (CROWN's adaptive choice; exact where stable); upper the chord
+    high (x - low) / (high - low) on the unstable neurons (|centre| < spread), computed there
+    only (`chord`, `intercept` [nnz] in `_Unstable` order, `rows_u` [k + 1, nnz] the input rows
+    there), and the lower line elsewhere.
+    """
+
+    rows: torch.Tensor
+    spread: torch.Tensor
+    unstable: _Unstable
+    lower_slope: torch.Tensor
+    rows_u: torch.Tensor
+    chord: torch.Tensor
+    intercept: torch.Tensor
+
+    @classmethod
+    def of(cls, state: _State) -> _ExactRelu:
+        k, rows = state.k, state.lower
+        centre, spread = rows[:, k], _spread(rows, k)
+        unstable = _Unstable((centre.abs() < spread).flatten(1))
+        rows_u = unstable.entries(rows.flatten(2))
+        centre_u, spread_u = rows_u[k], rows_u[:k].abs().sum(dim=0)
+        chord = (centre_u + spread_u) / (2 * spread_u)  # spread > |centre| >= 0 there
+        return cls(rows, spread, unstable, (centre > 0).to(rows.dtype), rows_u, chord, chord * (spread_u - centre_u))
+
+    def interval(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[low, high] of the input."""
+        centre = self.rows[:, self.rows.shape[1] - 1]
+        return centre - self.spread, centre + self.spread
+
+
+def _exact_relu(state: _State) -> tuple[_State, torch.Tensor, torch.Tensor, Lines]:
+    """`_activation` for a ReLU of an exact input, with fewer passes (see `_ExactRelu`)."""
+    k, rows = state.k, state.lower
+    relu = _ExactRelu.of(state)
+    s_up = relu.lower_slope.clone()
+    s_up.view(-1)[relu.unstable.flat] = relu.chord
+    b_up = torch.zeros_like(s_up)
+    b_up.view(-1)[relu.unstable.flat] = relu.intercept
+    new_lower = rows * relu.lower_slope.unsqueeze(1)
+    new_upper = rows * s_up.unsqueeze(1)
+    new_upper[:, k] += b_up
+    return _State(new_lower, new_upper, k, relu.unstable), *relu.interval(), (relu.lower_slope, None, s_up, b_up)
+
+
+def _exact_relu_linear(relu: _ExactRelu, k: int, linear: nn.Linear) -> tuple[_State, torch.Tensor, torch.Tensor]:
+    """A ReLU of an exact input, then nn.Linear, without forming the ReLU's lines on every neuron.
+
+    W (lower + upper)/2 + b is a dense product of the lines' midpoint (the exact linear piece where
+    stable); W (upper - lower)/2 a sparse one over the unstable neurons only. Returns the state
+    after the Linear, and for `_Kinks.minimum_after_linear` the midpoint's image [N, k + 1, out]
+    and its entries at the unstable neurons [k + 1, nnz].
+    """
+    rows, unstable = relu.rows, relu.unstable
+    n, lines = rows.shape[:2]
+    lower_u = relu.rows_u * relu.lower_slope.reshape(-1)[unstable.flat]
+    upper_u = relu.rows_u * relu.chord
+    upper_u[k] += relu.intercept
+    middle = rows * relu.lower_slope.unsqueeze(1)  # the midpoint line: the lower line, but at the unstable neurons
+    middle_u = (lower_u + upper_u) * 0.5
+    middle.view(-1).index_copy_(0, unstable.positions(lines, middle[0, 0].numel()), middle_u.reshape(-1))
+    mid = F.linear(middle.flatten(2), linear.weight)  # [N, k + 1, out]
+    if linear.bias is not None:
+        mid[:, k] += linear.bias
+    new_lower = torch.addmm(mid.flatten(0, 1), unstable.matrix((upper_u - lower_u) * 0.5), linear.weight.abs().T, alpha=-1).unflatten(0, (n, lines))
+    new_upper = torch.lerp(new_lower, mid, 2.0)  # 2 mid - lower
+    return _State(new_lower, new_upper, k), mid, middle_u
 
 
 def _grow(rows: torch.Tensor, count: int) -> torch.Tensor:
@@ -668,7 +919,7 @@ def _plan(layers: LayerList, input_bounds: AffineBounds, t_low: torch.Tensor, t_
     """
     _check_box(t_low, t_high, input_bounds.batch, input_bounds.k)
     centre = ((t_low[:1] + t_high[:1]) / 2).to(input_bounds.lower_bias.dtype)
-    low, high = input_bounds.evaluate(centre) if input_bounds.batch else (input_bounds.lower_bias, input_bounds.upper_bias)
+    low, high = _rows(input_bounds, slice(0, 1)).evaluate(centre) if input_bounds.batch else (input_bounds.lower_bias, input_bounds.upper_bias)
     example = (low + high) / 2
     if isinstance(layers, nn.Module) or any(not isinstance(item, tuple) for item in layers):
         flat = flatten_layers(layers, example)
@@ -708,124 +959,319 @@ def _prepare(flat: Layers, input_bounds: AffineBounds, t_low: torch.Tensor, t_hi
 
 
 Spec = tuple[torch.Tensor, int, list[tuple[int, int]] | None]
-Tape = list[tuple[nn.Module, tuple[int, ...], torch.Tensor | None, torch.Tensor | None]]
+
+
+@dataclass
+class _Step:
+    """One layer as the forward pass saw it: the module and its input shape; for an activation, its input interval."""
+
+    module: nn.Module
+    shape: tuple[int, ...]
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
+    kinks: _Kinks | None = None  # a piecewise-linear activation of an exact input, k = 1: back-substitution ends here, exactly
+    finish: _Kinks | None = None  # an nn.Linear right after such an activation: back-substitution ends here (`_Kinks.minimum_after_linear`)
+    midpoint: tuple[torch.Tensor, torch.Tensor] | None = None  # for `finish`: W m + b of the lines' midpoint m [N, 2, out], m's unstable entries [N, M, 2]
+    lines: Lines | None = None  # lines over [low, high], when the forward pass used them (see `_step_lines`)
+    transposed_lines: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None  # cached by `_step_lines`
+
+
+Tape = list[_Step]
+
+
+class _Kinks:
+    """h = f(x(s)), s in [-1, 1], for a piecewise-linear f and an exact input x(s) = c + r s (k = 1), per box.
+
+    A linear function a . h + constant of the layer's output is piecewise linear in s, with kinks
+    where an unstable neuron's input crosses 0, so its minimum over [-1, 1] is its minimum over
+    those kinks and the two ends: back-substitution can stop here with the exact minimum instead
+    of relaxing f (CROWN) and continuing to the input. Stable neurons are linear, f(x) = slope x,
+    and are summed as such. The unstable neurons are sorted by their kink; the function's value
+    at s = -1, its slope on each segment (a running sum of the slope changes a_i (1 - alpha) |r_i|
+    at the kinks) and its values at the kinks (a running sum of slope x length) take O(M) per
+    row, in float64, and the minimum is lowered by a bound on that summation's rounding.
+    """
+
+    def __init__(self, module: nn.Module, rows: torch.Tensor, lower_slope: torch.Tensor, unstable: _Unstable) -> None:
+        self.module, self.unstable, self.lower_slope = module, unstable, lower_slope
+        self.rows = rows[:, :2].flatten(2)  # [N, 2, F]: r and c
+        self.built = False
+
+    def _build(self) -> None:
+        """The kinks in order, per box (on first use: boxes that forward bounds prove never need them)."""
+        if self.built:
+            return
+        self.built = True
+        module, unstable = self.module, self.unstable
+        negative_slope = float(module.negative_slope) if isinstance(module, nn.LeakyReLU) else 0.0
+        wide = torch.float64
+        slope, centre = unstable.entries(self.rows).to(wide)  # [nnz] each
+        kink = (-centre / torch.where(slope != 0, slope, 1.0)).clamp(-1.0, 1.0)
+        # Sort by (box, kink): keys box * 4 + kink keep the boxes in order.
+        by_kink = (unstable.boxes.to(wide) * 4 + kink).argsort()
+        boxes = unstable.boxes[by_kink]
+        rank = torch.arange(len(by_kink), device=kink.device) - unstable.starts[boxes]
+        shape = unstable.index.shape
+        self.order = torch.zeros(shape, dtype=torch.long, device=kink.device)  # kink rank -> position in `index`
+        self.order[boxes, rank] = unstable.slot[by_kink]
+        edges = torch.ones(shape, dtype=wide, device=kink.device)
+        edges[boxes, rank] = kink[by_kink]
+        # Segment lengths: [-1, kink_1], [kink_1, kink_2], ..., [kink_M, 1] (padding: 0).
+        self.lengths = torch.cat([edges[:, :1] + 1, edges.diff(dim=1), 1 - edges[:, -1:]], dim=1) if shape[1] else torch.full((shape[0], 1), 2.0, dtype=wide, device=kink.device)
+        # At s = -1: f(c - r), and d/ds f(c + r s) = r f'(x), with x < 0 there where r > 0; the slope changes by (1 - alpha) |r| at the kink.
+        value = _evaluate(module, centre - slope)
+        left_slope = slope * torch.where(slope > 0, negative_slope, 1.0)
+        jump = slope.abs() * (1.0 - negative_slope)
+        size = value.abs() + 2 * jump + 2 * left_slope.abs()  # for the error bound
+        self.table = torch.zeros(*shape, 4, dtype=wide, device=kink.device)  # kink order: value, left slope, jump, size
+        self.table[boxes, rank] = torch.stack([value, left_slope, jump, size], dim=1)[by_kink]
+
+    def minimum(self, a: torch.Tensor, constant: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor:
+        """min over s in [-1, 1] of a . f(x(s)) + constant, for a [G, r, F] on the boxes `boxes` [G] (None: all, in order)."""
+        self._build()
+        stable_slope = self.lower_slope.flatten(1).masked_fill(self.unstable.mask, 0.0)  # where stable, the lower line is f's linear piece
+        a = a.flatten(2)
+        stable = torch.bmm(a, (_pick(self.rows, boxes) * _pick(stable_slope, boxes).unsqueeze(1)).transpose(1, 2))
+        index = _pick(self.unstable.index.gather(1, self.order), boxes)
+        a_u = a.gather(2, index.unsqueeze(1).expand(-1, a.shape[1], -1))  # [G, r, M], in kink order
+        return self._minimum(stable, a_u, constant, boxes)
+
+    def minimum_after_linear(
+        self, a: torch.Tensor, constant: torch.Tensor, boxes: torch.Tensor | None, linear: nn.Linear, midpoint: torch.Tensor, midpoint_unstable: torch.Tensor
+    ) -> torch.Tensor:
+        """`minimum` for a . (W h + b) + constant, a [G, r, out], without forming a W: the stable neurons'
+        part is a . (W m + b) (`midpoint` [N, 2, out], m the lines' midpoint, f's linear piece where
+        stable) less m's unstable entries (`midpoint_unstable` [N, M, 2]) times a W's unstable columns,
+        which a sampled product gives."""
+        self._build()
+        groups, count = a.shape[:2]
+        owners = torch.arange(groups, device=a.device) if boxes is None else boxes
+        a_u = self.unstable.sampled(a.reshape(groups * count, -1), linear.weight, owners.repeat_interleave(count)).unflatten(0, (groups, count))
+        stable = torch.bmm(a, _pick(midpoint, boxes).transpose(1, 2)) - torch.bmm(a_u, _pick(midpoint_unstable, boxes))
+        a_u = a_u.gather(2, _pick(self.order, boxes).unsqueeze(1).expand(-1, count, -1))  # kink order
+        return self._minimum(stable, a_u, constant, boxes)
+
+    def _minimum(self, stable: torch.Tensor, a_u: torch.Tensor, constant: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor:
+        """The minimum from the stable part's (slope, centre) [G, r, 2] and the unstable neurons' coefficients [G, r, M] (kink order)."""
+        wide = torch.float64
+        slope, centre = stable.to(wide).unbind(2)
+        centre = centre + constant.to(wide)
+        a_u = a_u.to(wide)
+        table = _pick(self.table, boxes)
+        value, left_slope = torch.bmm(a_u, table[..., :2]).unbind(2)
+        start = centre - slope + value  # at s = -1
+        base = (slope + left_slope).unsqueeze(2)
+        slopes = torch.cat([base, (a_u * table[..., 2].unsqueeze(1)).cumsum_(dim=2).add_(base)], dim=2)  # on each segment
+        steps = slopes.mul_(_pick(self.lengths, boxes).unsqueeze(1))
+        lowest = steps.cumsum(dim=2).amin(dim=2).clamp_(max=0.0).add_(start)  # at the kinks and s = 1, and at s = -1
+        # Recursive summation of n terms errs by at most n eps sum |terms|: bound every sum used, generously.
+        terms = torch.bmm(a_u.abs_(), table[..., 3:]).squeeze(2) + start.abs() + centre.abs() + 2 * slope.abs() + steps.abs_().sum(dim=2)
+        bound = lowest - 4 * (a_u.shape[2] + 4) * torch.finfo(wide).eps * terms
+        narrow = bound.to(stable.dtype)  # rounded down, not to nearest
+        return torch.where(narrow.to(wide) > bound, torch.nextafter(narrow, torch.full_like(narrow, -torch.inf)), narrow)
+
+
+def _pick(values: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor:
+    """The rows of a per-box tensor for `boxes` (None: all, in order)."""
+    return values if boxes is None else values[boxes]
 
 
 def _propagate(flat: Layers, state: _State, interval: bool, spec: Spec | None, tape: Tape | None = None) -> _State:
-    """All layers; with spec = (C, pieces, runs) the margins C f, C folded into a final nn.Linear.
+    """All layers; with spec = (C, pieces, runs) the margins C f, C folded into a final nn.Linear,
+    of which only the lower bounds are computed (returned as the rows of an exact state).
 
-    With a `tape`, records (module, input shape, activation input's low, high) per layer.
+    With a `tape`, records a `_Step` per layer (and `_Kinks` at a piecewise-linear activation
+    of an exact input when k = 1).
     """
     end = len(flat)
     final = None
     if spec is not None and flat and isinstance(flat[-1][1], nn.Linear):
         end, final = end - 1, flat[-1][1]
-    for where, module in flat[:end]:
-        shape = tuple(state.lower.shape[2:])
-        low = high = None
+    last_activation = max((i for i, (_, module) in enumerate(flat[:end]) if isinstance(module, _ACTIVATIONS)), default=-1)
+    position = -1
+    while position + 1 < end:
+        position += 1
+        where, module = flat[position]
+        step = _Step(module, tuple(state.lower.shape[2:]))
+        following = flat[position + 1][1] if position + 1 < end else None
+        if type(module) is nn.ReLU and state.upper is None and not interval and type(following) is nn.Linear and state.lower.dim() == 3:
+            fused = _fused_relu_linear(state, module, following, step, tape is not None)
+            if fused is not None:
+                state, linear_step = fused
+                if tape is not None:
+                    tape += [step, linear_step]
+                position += 1
+                continue
         if isinstance(module, _ACTIVATIONS):
-            state, low, high = _activation(state, module, interval)
+            before = state
+            # The last activation's lines only reach the output: relax it as back-substitution will, once.
+            over_interval = tape is not None and position == last_activation and not state.tracked
+            state, step.low, step.high, lines = _activation(state, module, interval, over_interval)
+            step.lines = lines if over_interval else None
+            if tape is not None and state.unstable is not None and state.k == 1 and before.upper is None and state.unstable.index.shape[1] <= _MAX_KINKS:
+                step.kinks = _Kinks(module, before.lower[:, :2], lines[0], state.unstable)
+        elif isinstance(module, nn.Linear) and tape and tape[-1].kinks is not None and state.unstable is tape[-1].kinks.unstable:
+            sparse = _sparse_gap_linear(state, module)
+            if sparse is None:
+                state = _affine_layer(state, module)
+            else:
+                state, step.midpoint = sparse
+                step.finish = tape[-1].kinks
         elif isinstance(module, _AFFINE):
             state = _affine_layer(state, module)
         elif not isinstance(module, nn.Identity):
             state = _reshape(state, module, where)
         if tape is not None:
-            tape.append((module, shape, low, high))
+            tape.append(step)
     if spec is not None:
         assert final is None or isinstance(final, nn.Linear)
         if tape is not None:
             # Back-substitution starts from C [N, S, n_out]: the final layer, or a reshape to the output's shape.
-            tape.append((final if final is not None else nn.Flatten(), tuple(state.lower.shape[2:]), None, None))
-        state = _spec_layer(state, spec[0], final, spec[1], spec[2])
+            tape.append(_Step(final if final is not None else nn.Flatten(), tuple(state.lower.shape[2:])))
+        state = _State(_spec_layer(state, spec[0], final, spec[1], spec[2]), None, state.k)  # the margins' lower rows only
     return state
 
 
-def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs: _State, refine_below: float | None) -> torch.Tensor:
-    """max(forward, back-substituted) lower bounds [N, S], back-substituting the rows that `refine_below` selects (all for None)."""
-    if refine_below is None:
-        return torch.maximum(low, _backward(tape, C, pieces, inputs))
-    per_sample = low.reshape(-1, pieces, C.shape[1]).amin(dim=1)  # [B, S]
-    rows = int((per_sample <= refine_below).sum(dim=1).max())
-    if rows == 0:
-        return low
-    selected = per_sample.topk(rows, dim=1, largest=False).indices  # [B, r]: the lowest rows of each sample
-    chosen = C.gather(1, selected[..., None].expand(-1, -1, C.shape[2]))
-    refined = _backward(tape, chosen, pieces, inputs)  # [N, r]
-    return low.scatter_reduce(1, selected.repeat_interleave(pieces, dim=0), refined, reduce="amax")
+def _fused_relu_linear(state: _State, relu: nn.ReLU, linear: nn.Linear, step: _Step, tape: bool) -> tuple[_State, _Step] | None:
+    """`_exact_relu_linear` with its tape steps (`step` for the ReLU is filled in); None if too many neurons are unstable."""
+    parts = _ExactRelu.of(state)
+    unstable = parts.unstable
+    if int(unstable.count.sum()) > _SPARSE_GAP_DENSITY * unstable.mask.numel():
+        return None
+    after, mid, middle_u = _exact_relu_linear(parts, state.k, linear)
+    linear_step = _Step(linear, tuple(state.lower.shape[2:]))
+    if tape and state.k == 1 and unstable.index.shape[1] <= _MAX_KINKS:
+        step.kinks = linear_step.finish = _Kinks(relu, state.lower[:, :2], parts.lower_slope, unstable)
+        linear_step.midpoint = (mid, unstable.padded(middle_u))
+    elif tape:
+        step.low, step.high = parts.interval()  # back-substitution relaxes this ReLU
+    return after, linear_step
 
 
-def _backward(tape: Tape, C: torch.Tensor, pieces: int, inputs: _State) -> torch.Tensor:
-    """CROWN's back-substitution of the specification C through the recorded layers: lower bounds [N, S].
+_MAX_KINKS = 256
+"""`_Kinks` keeps [boxes, M, M + 2] values; above this many unstable neurons back-substitution relaxes the layer instead."""
 
-    Each activation is relaxed by lines valid over the concrete interval of its input that the
-    forward pass found (lower line where the running coefficient is positive, upper where it is
-    negative); affine layers are applied transposed, reshapes undone. The result is a linear
-    function of the input x, bounded with the input's own linear bounds in s, then concretised.
-    The coefficients a have shape [B, P, S, *shape], P = 1 until the first activation (the
-    sub-boxes of a sample share C and the layers after the last activation).
+
+def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs: _State, refine_below: float | None, minimum_only: bool) -> torch.Tensor:
+    """max(forward, back-substituted) lower bounds [N, S] on the rows that the options select (all rows by default).
+
+    With `minimum_only` or `refine_below`, two rounds: first, per box, the row (refine_below) or
+    the two rows (minimum_only) with the lowest forward bounds; then every row whose forward
+    bound is below what the first round gave (only those can still lower the minimum over
+    rows). With `refine_below` only rows at or below it are candidates, and a box whose first
+    row comes out <= refine_below stops (it cannot be proved). So the minimum over rows equals
+    that of back-substituting every row (minimum_only), or is > refine_below exactly when that
+    one is (refine_below); the other rows keep their forward bounds, sound and looser.
     """
-    k = inputs.k
-    n = inputs.lower.shape[0]
-    batch, outputs = C.shape[:2]
-    a = C.to(inputs.lower.dtype).unsqueeze(1)  # [B, 1, S, n_out]
-    constant = torch.zeros(batch, 1, outputs, dtype=a.dtype, device=a.device)
-    for module, shape, low, high in reversed(tape):
-        if isinstance(module, _ACTIVATIONS):
-            assert low is not None and high is not None
-            s_lo, b_lo = _lines(module, low, high, upper=False)
-            s_up, b_up = _lines(module, low, high, upper=True)
-            a, constant = _transpose_activation(a, constant, s_lo, b_lo, s_up, b_up, batch, pieces)
-        elif isinstance(module, _AFFINE):
-            a, constant = _transpose_affine(module, a, constant, shape)
-        else:
-            a = a.reshape(*a.shape[:3], *shape)
-    if a.shape[1] != pieces:
-        a = a.expand(batch, pieces, *a.shape[2:])
-    constant = constant.expand(batch, pieces, outputs).reshape(n, outputs)
-    # a . x(s) for lower(s) <= x(s) <= upper(s): positive parts on the lower rows, negative on the upper.
-    flat_a = a.reshape(n, outputs, -1)  # [N, S, F]
-    lower_rows = inputs.lower[:, : k + 1].flatten(2)  # [N, k + 1, F]
-    if inputs.upper is None:
-        rows = torch.bmm(flat_a, lower_rows.transpose(1, 2))
+    if refine_below is None and not minimum_only:
+        every = torch.arange(C.shape[1], device=low.device).expand(low.shape[0], -1)
+        return torch.maximum(low, _back_substitute(tape, C, pieces, inputs, None, every))
+    threshold = float("inf") if refine_below is None else refine_below
+    best = low.clone()
+    # First round: the lowest row (refine_below), or the two lowest (minimum_only: usually both are needed).
+    first = low.topk(min(low.shape[1], 1 if refine_below is not None else _FIRST_ROUND_ROWS), dim=1, largest=False).indices  # [N, r]
+    lowest = low.gather(1, first)
+    todo = lowest[:, 0] <= threshold
+    if not bool(todo.any()):
+        return best
+    boxes = None if bool(todo.all()) else todo.nonzero().squeeze(1)
+    at = torch.arange(low.shape[0], device=low.device) if boxes is None else boxes
+    row = first[at]
+    reached = torch.maximum(lowest[at], _back_substitute(tape, C, pieces, inputs, boxes, row))
+    best[at[:, None], row] = reached
+    # Second round: rows whose forward bound is below the first round's smallest bound (minimum_only),
+    # or at or below refine_below in boxes whose first row passed (refine_below).
+    cutoff = torch.full_like(lowest[:, :1], -torch.inf)
+    if refine_below is None:
+        cutoff[at] = reached.amin(dim=1, keepdim=True)
+        second = low < cutoff
     else:
-        upper_rows = inputs.upper[:, : k + 1].flatten(2)
+        cutoff[at] = torch.where(reached > threshold, threshold, -torch.inf)
+        second = low <= cutoff
+    second.scatter_(1, first, False)
+    pair_boxes, pair_rows = second.nonzero(as_tuple=True)
+    if len(pair_boxes):
+        bound = _back_substitute(tape, C, pieces, inputs, pair_boxes, pair_rows[:, None]).squeeze(1)
+        best[pair_boxes, pair_rows] = torch.maximum(low[pair_boxes, pair_rows], bound)
+    return best
+
+
+_FIRST_ROUND_ROWS = 2
+"""minimum_only: rows per box in the first round. Forward bounds are looser than back-substituted ones, so about two rows per
+box have a forward bound below the minimum (1.97 on benchmarks/bench_verify.py); both in one batch avoid gathering per-box data."""
+
+
+def _step_lines(step: _Step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(lower slope, upper - lower slope, lower intercept, upper - lower intercept) over the activation's input interval, [N, F]; cached."""
+    if step.transposed_lines is None:
+        assert step.low is not None and step.high is not None
+        if step.lines is None:
+            low, high = step.low, step.high
+            step.lines = (*_lines(step.module, low, high, upper=False), *_lines(step.module, low, high, upper=True))
+        s_lo, b_lo, s_up, b_up = (None if line is None else line.flatten(1) for line in step.lines)
+        assert s_lo is not None and s_up is not None
+        if b_lo is None and b_up is None:
+            b_gap = None
+        else:
+            b_gap = (torch.zeros_like(s_lo) if b_up is None else b_up) - (0.0 if b_lo is None else b_lo)
+        step.transposed_lines = (s_lo, s_up - s_lo, b_lo, b_gap)
+    return step.transposed_lines
+
+
+def _back_substitute(tape: Tape, C: torch.Tensor, pieces: int, inputs: _State, boxes: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """CROWN's back-substitution of chosen rows of C through the recorded layers: lower bounds [G, r].
+
+    boxes [G]: the boxes (None: all N, in order), rows [G, r]: the rows of C of each. Each
+    activation is relaxed by lines valid over the interval of its input that the forward pass
+    found (lower line where the running coefficient is positive, upper where it is negative),
+    affine layers are applied transposed, reshapes undone; the result, a linear function of the
+    input, is bounded with the input's own linear bounds in s. At a `_Kinks` activation the
+    linear function of its output is minimised exactly instead.
+    """
+    samples = (torch.arange(rows.shape[0], device=rows.device) if boxes is None else boxes) // pieces
+    a = C.to(inputs.lower.dtype)[samples[:, None], rows]  # [G, r, n_out]
+    constant = torch.zeros(rows.shape, dtype=a.dtype, device=a.device)
+
+    def per_box(values: torch.Tensor) -> torch.Tensor:
+        return (values if boxes is None else values[boxes]).unsqueeze(1)
+
+    for step in reversed(tape):
+        module = step.module
+        if step.finish is not None:
+            assert isinstance(module, nn.Linear) and step.midpoint is not None
+            return step.finish.minimum_after_linear(a, constant, boxes, module, *step.midpoint)
+        if step.kinks is not None:
+            return step.kinks.minimum(a, constant, boxes)
+        if isinstance(module, _ACTIVATIONS):
+            s_lo, s_gap, b_lo, b_gap = _step_lines(step)
+            # a h >= a+ (s_lo x + b_lo) + a- (s_up x + b_up) = a (s_lo x + b_lo) + a- ((s_up - s_lo) x + b_up - b_lo)
+            flat = a.flatten(2)
+            negative = flat.clamp(max=0)
+            if b_lo is not None:
+                constant = constant + (flat * per_box(b_lo)).sum(dim=2)
+            if b_gap is not None:
+                constant = constant + (negative * per_box(b_gap)).sum(dim=2)
+            a = torch.addcmul(flat * per_box(s_lo), negative, per_box(s_gap)).reshape(a.shape)
+        elif isinstance(module, _AFFINE):
+            a, constant = _transpose_affine(module, a, constant, step.shape)
+        else:
+            a = a.reshape(*a.shape[:2], *step.shape)
+    # a . x(s) for lower(s) <= x(s) <= upper(s): positive parts on the lower rows, negative on the upper.
+    k = inputs.k
+    flat_a = a.flatten(2)  # [G, r, F]
+    lower_rows = per_box(inputs.lower[:, : k + 1].flatten(2)).squeeze(1)  # [G, k + 1, F]
+    if inputs.upper is None:
+        coefficients = torch.bmm(flat_a, lower_rows.transpose(1, 2))
+    else:
+        upper_rows = per_box(inputs.upper[:, : k + 1].flatten(2)).squeeze(1)
         negative = flat_a.clamp(max=0)
-        rows = torch.bmm(flat_a - negative, lower_rows.transpose(1, 2)) + torch.bmm(negative, upper_rows.transpose(1, 2))
-    return rows[..., k] + constant - rows[..., :k].abs().sum(dim=2)
-
-
-def _transpose_activation(
-    a: torch.Tensor,
-    constant: torch.Tensor,
-    s_lo: torch.Tensor,
-    b_lo: torch.Tensor | None,
-    s_up: torch.Tensor,
-    b_up: torch.Tensor | None,
-    batch: int,
-    pieces: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """a y >= a+ (s_lo x + b_lo) + a- (s_up x + b_up), lines [N, *shape] per sub-box, a [B, P or 1, S, *shape]."""
-    outputs = a.shape[2]
-    features = a[0, 0, 0].numel()
-    flat = a.reshape(batch, a.shape[1], outputs, features)
-    negative = flat.clamp(max=0)
-    slope_lo = s_lo.reshape(batch, pieces, 1, features)
-    new = torch.addcmul(flat * slope_lo, negative, s_up.reshape(batch, pieces, 1, features) - slope_lo)
-    # constant += a+ b_lo + a- b_up = a b_lo + a- (b_up - b_lo), as matrix-vector products.
-    if b_lo is not None or b_up is not None:
-        zero = torch.zeros_like(s_lo)
-        lo_term = (zero if b_lo is None else b_lo).reshape(batch, pieces, features, 1)
-        up_term = (zero if b_up is None else b_up).reshape(batch, pieces, features, 1)
-        extra = torch.matmul(negative, up_term - lo_term)
-        if b_lo is not None:
-            extra = extra + torch.matmul(flat, lo_term)
-        constant = constant + extra.squeeze(3)
-    return new.reshape(batch, pieces, *a.shape[2:]), constant
+        coefficients = torch.bmm(flat_a - negative, lower_rows.transpose(1, 2)) + torch.bmm(negative, upper_rows.transpose(1, 2))
+    return coefficients[..., k] + constant - coefficients[..., :k].abs().sum(dim=2)
 
 
 def _transpose_affine(module: nn.Module, a: torch.Tensor, constant: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """a (W x + b) = (a W) x + a b for a [B, P, S, *out]: returns (a W [B, P, S, *shape], constant + a b)."""
-    lead = a.shape[:3]
+    """a (W x + b) = (a W) x + a b for a [G, r, *out]: returns (a W [G, r, *shape], constant + a b)."""
+    lead = a.shape[:2]
     if isinstance(module, nn.Linear):
         rows = a.reshape(-1, a.shape[-1])
         if module.bias is not None:
@@ -834,12 +1280,12 @@ def _transpose_affine(module: nn.Module, a: torch.Tensor, constant: torch.Tensor
     if isinstance(module, nn.modules.batchnorm._BatchNorm | PerChannelNormalize):
         scale, shift = _diagonal_terms(module)
         view = [-1] + [1] * (len(shape) - 1)
-        constant = constant + (a * shift.reshape(view)).flatten(3).sum(dim=3)
+        constant = constant + (a * shift.reshape(view)).flatten(2).sum(dim=2)
         return a * scale.reshape(view), constant
     assert isinstance(module, nn.Conv2d | nn.ConvTranspose2d)
     if module.bias is not None:
-        constant = constant + (a.flatten(4).sum(dim=4) @ module.bias)
-    rows = a.flatten(0, 2)
+        constant = constant + (a.flatten(3).sum(dim=3) @ module.bias)
+    rows = a.flatten(0, 1)
     batch_shape = (rows.shape[0], *shape)
     back = None
     if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str):
@@ -891,9 +1337,11 @@ def _pieces_count(pieces: int | Sequence[int], k: int) -> int:
     return math.prod(counts)
 
 
-_CHUNK_BYTES = 1_000_000
-"""Automatic chunks keep one row tensor [boxes, k + 2, largest layer] near 1 MB (in cache): on a
-shared 2-core CPU that made the 16-256-256-10 head 2.5x faster than one batch of 4096 boxes."""
+_CHUNK_BYTES = 16_000_000
+"""Automatic chunks keep one row tensor [boxes, k + 2, largest layer] near 16 MB (at most 4096
+boxes): back-substitution of chosen rows and the sparse products take many small operations per
+chunk, so on the 16-256-256-10 head one chunk of 4096 boxes is fastest (1 MB chunks of 325 boxes
+were 1.3x slower, on a shared 2-core CPU)."""
 
 
 def _chunks(batch: int, per_sample: int, max_boxes: int | None, k: int, largest: int, itemsize: int) -> list[slice]:
@@ -955,20 +1403,26 @@ def margin_lower_bounds(
     interval: bool = False,
     back_substitute: bool = False,
     refine_below: float | None = None,
+    minimum_only: bool = False,
     max_boxes: int | None = None,
 ) -> torch.Tensor:
     """Lower bounds [B, S] of C[b] @ f(x_b(t)) over the boxes t_low <= t <= t_high, for C [B, S, n_out].
 
     For upper bounds of row c, ask for the lower bound of -c (both in one call: C = cat([C, -C], 1)).
     pieces, interval, max_boxes: as in `output_bounds`.
-    back_substitute: also bound C f by CROWN's back-substitution (S rows per sample through every
-    layer, transposed) using the forward pass's intermediate intervals, and keep the larger bound.
-    Much tighter on deep networks (forward bounds lose where relaxation errors of one layer meet
-    weights of mixed signs in the next), at the cost of S more rows per layer.
-    refine_below: with back_substitute, back-substitute only the rows whose forward lower bound
-    (over all pieces of the sample) is <= refine_below, padded to the same count r for every
-    sample of a chunk; the other rows keep their forward bound, which is sound. A verifier that
-    needs every row > 0 passes its margin here and pays for r rows instead of S.
+    back_substitute: also bound C f by CROWN's back-substitution (one row of C at a time through
+    every layer, transposed) using the forward pass's intermediate intervals, and keep the larger
+    bound. Much tighter on deep networks (forward bounds lose where relaxation errors of one
+    layer meet weights of mixed signs in the next). With k = 1 it ends exactly at the first
+    ReLU / LeakyReLU (see "Back-substitution" in the module docstring): tighter than CROWN.
+    minimum_only: with back_substitute, back-substitute only the rows that can be the minimum
+    over rows of their box (per box: the two lowest forward bounds, then any row whose forward
+    bound is below the smallest back-substituted one). min over rows is then that of
+    back-substituting every row; the other rows keep their (sound) forward bounds.
+    refine_below: with back_substitute, for a caller that needs min over rows > refine_below:
+    per box, the row with the lowest forward bound, then, if it came out > refine_below, every
+    other row at or below it. Proves (min > refine_below) exactly the boxes that
+    back-substituting every row proves, usually at the cost of about one row per box.
     """
     if C.dim() != 3 or C.shape[0] != input_bounds.batch:
         raise ValueError(f"C must have shape [B={input_bounds.batch}, S, n_out], got {tuple(C.shape)}")
@@ -976,7 +1430,8 @@ def margin_lower_bounds(
     out = []
     itemsize = input_bounds.lower_bias.element_size()
     for part in _chunks(input_bounds.batch, _pieces_count(pieces, input_bounds.k), max_boxes, input_bounds.k, largest, itemsize):
-        out.append(_margin_lower_bounds(flat, _rows(input_bounds, part), C[part], t_low[part], t_high[part], pieces, interval, back_substitute, refine_below))
+        bounds = _margin_lower_bounds(flat, _rows(input_bounds, part), C[part], t_low[part], t_high[part], pieces, interval, back_substitute, refine_below, minimum_only)
+        out.append(bounds)
     return torch.cat(out)
 
 
@@ -990,6 +1445,7 @@ def _margin_lower_bounds(
     interval: bool,
     back_substitute: bool,
     refine_below: float | None,
+    minimum_only: bool,
 ) -> torch.Tensor:
     grouping = _group_samples(C)
     runs = None
@@ -1003,7 +1459,7 @@ def _margin_lower_bounds(
     state = _propagate(flat, state, interval, (C, count, runs), tape)
     low, _ = _finish(state)
     if tape is not None:
-        low = _refine(low, tape, C, count, inputs, refine_below)
+        low = _refine(low, tape, C, count, inputs, refine_below, minimum_only)
     bounds = low.reshape(-1, count, C.shape[1]).amin(dim=1)
     if grouping is None:
         return bounds

@@ -9,6 +9,7 @@ back-substitution of the specification.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import zlib
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from auditai_ops.latent.vae import VAE, Decoder, Encoder, VAEArchitecture
 from auditai_ops.layers import PerChannelNormalize, UnsupportedLayerError, ViewAs
@@ -47,6 +49,7 @@ MODES: dict[str, dict[str, object]] = {
     "pieces3": {"interval": True, "pieces": 3},
     "back-substitute": {"interval": True, "back_substitute": True},
     "back-substitute+pieces2": {"interval": False, "back_substitute": True, "pieces": 2},
+    "back-substitute, minimum only": {"interval": False, "back_substitute": True, "minimum_only": True},
 }
 
 
@@ -362,6 +365,162 @@ def test_property_random_heads(seed: int, k: int, activation: str, width: float,
 
 
 # --------------------------------------------------------------------------------------------
+# Back-substitution that ends exactly at the first activation (k = 1, piecewise-linear)
+
+
+def _abs_minus_half(depth: int) -> nn.Module:
+    """|t| - 1/2 as relu(t) + relu(-t) - 1/2; depth 2 adds a ReLU that stays active (input |t| + 10) and a Linear after it."""
+    first = nn.Linear(1, 2)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        first.bias.zero_()
+    if depth == 1:
+        last = nn.Linear(2, 1)
+        with torch.no_grad():
+            last.weight.fill_(1.0)
+            last.bias.fill_(-0.5)
+        return nn.Sequential(first, nn.ReLU(), last).eval()
+    middle, last = nn.Linear(2, 1), nn.Linear(1, 1)
+    with torch.no_grad():
+        middle.weight.fill_(1.0)
+        middle.bias.fill_(10.0)
+        last.weight.fill_(1.0)
+        last.bias.fill_(-10.5)
+    return nn.Sequential(first, nn.ReLU(), middle, nn.ReLU(), last).eval()
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_kinks_give_the_exact_minimum_where_crown_cannot(depth: int, sparse: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """min of |t| - 1/2 on [-1, 2] is -1/2 (at t = 0). CROWN relaxes relu(t) by t (2 > 1) and relu(-t) by 0: -3/2 at t = -1."""
+    monkeypatch.setattr(lb, "_SPARSE_GAP_DENSITY", 1.0 if sparse else 0.0)  # depth 2: the Linear after the ReLU, sparse or dense
+    model = _abs_minus_half(depth)
+    inputs = affine_input(torch.zeros(1, 1), torch.ones(1, 1, 1))
+    t_low, t_high = torch.tensor([[-1.0]]), torch.tensor([[2.0]])
+    C = torch.ones(1, 1, 1)
+    exact = margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True)
+    assert exact.item() == pytest.approx(-0.5, abs=1e-6)
+    assert exact.item() <= -0.5
+    forward = margin_lower_bounds(model, inputs, C, t_low, t_high)
+    assert forward.item() == pytest.approx(-1.5, abs=1e-5)
+    monkeypatch.setattr(lb, "_MAX_KINKS", -1)  # no exact ending: CROWN's relaxation of the first ReLU
+    assert margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True).item() == pytest.approx(-1.5, abs=1e-5)
+
+
+def _exact_minimum(
+    first: nn.Linear, last: nn.Module, act: nn.Module, z: torch.Tensor, direction: torch.Tensor, t_low: torch.Tensor, t_high: torch.Tensor, C: torch.Tensor
+) -> torch.Tensor:
+    """min over t of C f(z + t d) for f = last o act o first, one hidden layer: at the kinks of the hidden neurons or the ends, in float64."""
+    weight, bias = first.weight.double(), first.bias.double()
+    centre, slope = z.double() @ weight.T + bias, direction.double() @ weight.T  # x(t) = centre + t slope
+    kinks = (-centre / slope).clamp(t_low.double(), t_high.double())  # [B, H]
+    points = torch.cat([kinks, t_low.double(), t_high.double()], dim=1)  # [B, P]
+    hidden = act(centre[:, None, :] + points[..., None] * slope[:, None, :])
+    outputs = copy.deepcopy(last).double()(hidden)  # [B, P, n_out]
+    return torch.einsum("bsn,bpn->bps", C.double(), outputs).amin(dim=1)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky", "leaky-steep"])
+def test_one_hidden_layer_bounds_are_the_exact_minimum(activation: str) -> None:
+    """With one activation, back-substitution ends at it exactly: the bound is the true minimum (the network is piecewise linear in t)."""
+    torch.manual_seed(7)
+    act = {"relu": nn.ReLU(), "leaky": nn.LeakyReLU(0.1), "leaky-steep": nn.LeakyReLU(2.5)}[activation]
+    first, last = nn.Linear(6, 40), nn.Linear(40, 5)
+    model = nn.Sequential(first, act, last).eval()
+    z, direction = torch.randn(32, 6), nn.functional.normalize(torch.randn(1, 6), dim=1)
+    t_low = -torch.rand(32, 1) * 2
+    t_high = t_low + torch.rand(32, 1) * 3
+    C = torch.randn(32, 7, 5)
+    exact = _exact_minimum(first, last, act, z, direction, t_low, t_high, C)
+    for options in ({}, {"minimum_only": True}, {"pieces": 3}):
+        bound = margin_lower_bounds(model, latent_line_input(z, direction), C, t_low, t_high, back_substitute=True, **options)  # type: ignore[arg-type]
+        assert bool((bound.double() <= exact + 1e-5).all()), "sound"
+        if not options:
+            torch.testing.assert_close(bound.double(), exact, rtol=0, atol=2e-5)
+        else:
+            torch.testing.assert_close(bound.double().amin(dim=1), exact.amin(dim=1), rtol=0, atol=2e-5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    hidden=st.lists(st.integers(3, 24), min_size=1, max_size=3),
+    leaky=st.booleans(),
+    width=st.floats(0.0, 2.0),
+    pieces=st.integers(1, 3),
+    rows=st.sampled_from(["every", "minimum_only", "refine_below"]),
+    sparse=st.booleans(),
+)
+def test_property_exact_first_layer(seed: int, hidden: list[int], leaky: bool, width: float, pieces: int, rows: str, sparse: bool) -> None:
+    """Random ReLU / LeakyReLU MLPs, k = 1: sampled margins lie above the bounds, the exact ending is never looser than relaxing
+    the first layer, and the sparse and dense products after it agree."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    size = 5
+    for width_out in hidden:
+        layers += [nn.Linear(size, width_out), nn.LeakyReLU(0.3) if leaky else nn.ReLU()]
+        size = width_out
+    head = nn.Sequential(*layers, nn.Linear(size, 4)).eval()
+    z, direction = torch.randn(6, 5), nn.functional.normalize(torch.randn(1, 5), dim=1)
+    centre = torch.randn(6, 1)
+    t_low, t_high = centre - width * torch.rand(6, 1), centre + width * torch.rand(6, 1)
+    values = _outputs(head, z, direction.expand(6, 1, 5), _sample_t(t_low, t_high, seed=seed % 1000))
+    C = margin_specification(values[0].argmax(dim=1), 4)
+    margins = torch.einsum("bsn,kbn->kbs", C, values)
+    options = {"every": {}, "minimum_only": {"minimum_only": True}, "refine_below": {"refine_below": 0.0}}[rows]
+    inputs = latent_line_input(z, direction)
+
+    def bound(density: float, kinks: int) -> torch.Tensor:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(lb, "_SPARSE_GAP_DENSITY", density)
+            patch.setattr(lb, "_MAX_KINKS", kinks)
+            return margin_lower_bounds(head, inputs, C, t_low, t_high, pieces=pieces, back_substitute=True, **options)  # type: ignore[arg-type]
+
+    exact = bound(1.0 if sparse else 0.0, lb._MAX_KINKS)
+    _assert_within(margins, exact, None, f"seed {seed}")
+    torch.testing.assert_close(exact, bound(0.0 if sparse else 1.0, lb._MAX_KINKS), rtol=1e-4, atol=1e-5)
+    if rows != "refine_below":  # (which stops at the first row that fails, a different row with other relaxations)
+        assert bool((exact.amin(dim=1) >= bound(1.0, -1).amin(dim=1) - 1e-5).all()), "exact ending at least as tight as CROWN's relaxation"
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.2, 2.0])
+def test_lines_coincide_where_the_input_does_not_cross_zero(slope: float) -> None:
+    """The sparse products rely on it: a piecewise-linear activation's two lines are identical (bit for bit) unless lo < 0 < hi."""
+    gen = torch.Generator().manual_seed(5)
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-30, 3.0, -3.0])
+    lo = torch.cat([3 * torch.randn(5000, generator=gen), special, special])
+    hi = torch.cat([lo[:5000] + 3 * torch.rand(5000, generator=gen) * (torch.rand(5000, generator=gen) > 0.2), special, special.flip(0).abs()])
+    hi = torch.maximum(hi, lo)
+    module = nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope)
+    s_lo, b_lo = lb._lines(module, lo, hi, upper=False)
+    s_up, b_up = lb._lines(module, lo, hi, upper=True)
+    stable = ~((lo < 0) & (hi > 0))
+    assert bool(stable.any()) and bool((~stable).any())
+    assert torch.equal(s_lo[stable], s_up[stable])
+    for intercept in (b_lo, b_up):
+        assert intercept is None or bool((intercept[stable] == 0).all())
+
+
+def test_exact_relu_lines_match_the_generic_ones() -> None:
+    """`_exact_relu` (and the fused ReLU + Linear) relax exactly as `_relu_lines` over [low, high]."""
+    torch.manual_seed(3)
+    rows = torch.randn(50, 2, 30)
+    state = lb._State(rows, None, 1)
+    new, low, high, (lower_slope, _, upper_slope, upper_intercept) = lb._exact_relu(state)
+    generic_lo, _ = lb._relu_lines(low, high, upper=False)
+    generic_up, generic_b = lb._relu_lines(low, high, upper=True)
+    assert torch.equal(lower_slope, generic_lo)
+    torch.testing.assert_close(upper_slope, generic_up, rtol=1e-6, atol=0)
+    assert generic_b is not None
+    torch.testing.assert_close(upper_intercept, generic_b, rtol=1e-5, atol=1e-7)
+    linear = nn.Linear(30, 8)
+    fused, _, _ = lb._exact_relu_linear(lb._ExactRelu.of(state), 1, linear)
+    dense = lb._affine(new, F.linear, linear.weight, linear.bias)
+    torch.testing.assert_close(fused.lower, dense.lower, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.upper, dense.upper, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
 # A planted narrow failure is never proved
 
 
@@ -532,18 +691,18 @@ def test_concretize_and_validation() -> None:
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.5, float("inf")])
-def test_back_substituting_only_the_unproved_rows(threshold: float) -> None:
-    """refine_below keeps the forward bound on rows above it and gives the full back-substituted bound on the others."""
+def test_back_substituting_only_the_rows_that_decide(threshold: float) -> None:
+    """refine_below proves exactly what back-substituting every row proves; minimum_only gives the same minimum over rows."""
     model = _model("ReLU")
     inputs, t_low, t_high, z, directions = _problem(6, 1, batch=64)
-    targets = _outputs(model, z, directions, _sample_t(t_low, t_high))[0].argmax(dim=1)
-    C = margin_specification(targets, 4)
-    forward = margin_lower_bounds(model, inputs, C, t_low, t_high)
+    values = _outputs(model, z, directions, _sample_t(t_low, t_high))
+    C = margin_specification(values[0].argmax(dim=1), 4)
+    true_min = torch.einsum("bsn,kbn->kbs", C, values).amin(dim=0)
     full = margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True)
     partial = margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True, refine_below=threshold)
-    assert bool((partial >= forward - 1e-6).all()) and bool((partial <= full + 1e-6).all())
-    needed = forward <= threshold
-    torch.testing.assert_close(partial[needed], full[needed], rtol=0, atol=1e-5)
-    if threshold == float("inf"):
-        torch.testing.assert_close(partial, full, rtol=0, atol=1e-6)
-    assert bool(((full > threshold) == (partial > threshold)).all()), "the same rows are proved above the threshold"
+    minimum = margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True, minimum_only=True)
+    for bounds in (partial, minimum):
+        assert bool((bounds <= true_min + TOL).all()) and bool((bounds <= full + 1e-6).all())
+    assert bool(((full.amin(dim=1) > threshold) == (partial.amin(dim=1) > threshold)).all()), "the same boxes are proved"
+    torch.testing.assert_close(minimum.amin(dim=1), full.amin(dim=1), rtol=0, atol=1e-6)
+    assert bool((partial < full - 1e-6).any()) or threshold == float("inf"), "some rows are left to their forward bound"
