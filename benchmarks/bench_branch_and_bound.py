@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from auditai_ops.allocator import keep_freed_memory
 from auditai_ops.config import GeneratorConfig, InputsConfig, ModelConfig, RangeConfig, UnitTestConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.layout import resolve_inputs
@@ -36,7 +37,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(VerifyConfig().methods))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pixel", action="store_true")
+    parser.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc thresholds as they are (auditai raises them: auditai_ops.allocator)")
     args = parser.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
+    print(f"allocator: {'freed memory kept in the process, as auditai does' if kept else 'glibc defaults'}")
 
     inputs = resolve_inputs(args.run, InputsConfig())
     generator = load_generator(GeneratorConfig(), inputs.vae)

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from auditai_ops.allocator import keep_freed_memory
 from auditai_ops.classifier.head import build_head
 from auditai_ops.latent.vae import VAE, VAEArchitecture
 from auditai_ops.verify.engine import margin_specification, margins
@@ -248,7 +249,10 @@ def main() -> None:
     parser.add_argument("--lirpa-batch", type=int, default=8, help="pixel-mode batch for auto_LiRPA (its CROWN needs about 0.14 GB per sample)")
     parser.add_argument("--pieces", default="1,2,3,4,8,16")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc thresholds as they are (auditai raises them: auditai_ops.allocator)")
     args = parser.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
+    print(f"allocator: {'freed memory kept in the process, as auditai does' if kept else 'glibc defaults'}")
     torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(pixel_worker(json.loads(args.worker))))

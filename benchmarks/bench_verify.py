@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import torch
 
+from auditai_ops.allocator import keep_freed_memory
 from auditai_ops.classifier.head import build_head
 from auditai_ops.config import VerifyConfig
 from auditai_ops.verify.engine import linear_margin_bounds, margin_specification, margins
@@ -66,7 +67,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-slow", action="store_true", help="leave out auto_LiRPA's CROWN and alpha-CROWN (minutes)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc thresholds as they are (auditai raises them: auditai_ops.allocator)")
     args = parser.parse_args()
+    kept = not args.default_malloc and keep_freed_memory()
+    print(f"allocator: {'freed memory kept in the process, as auditai does' if kept else 'glibc defaults'}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

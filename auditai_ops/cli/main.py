@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from auditai_ops.allocator import keep_freed_memory
 from auditai_ops.config import AuditConfig, InputsConfig, TrackingConfig, load_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.layout import DIRECTIONS_JSON, StepInputs, resolve_inputs
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # one process per step: see auditai_ops.allocator
     args = build_parser().parse_args(argv) if argv[:1] != ["kfp"] else None
     try:
         return cmd_kfp(argv[1:]) if args is None else args.handler(args)
