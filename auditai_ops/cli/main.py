@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -285,9 +286,11 @@ def cmd_certificate_check(args: argparse.Namespace) -> int:
 
     config, base = _config_and_base(args)
     inputs = resolve_inputs(args.out, config.inputs, base)
+    if args.head is not None:
+        inputs = replace(inputs, head=args.head)
     all_passed = True
     for path in args.certificates:
-        checks = check_certificate(path, config.model, audit_generator(config, inputs, base), inputs, base)
+        checks = check_certificate(path, config.model, audit_generator(config, inputs, base), inputs, base, args.sample)
         passed = all(c.passed for c in checks)
         all_passed &= passed
         print(f"{path}: {'VALID' if passed else 'INVALID'}")
@@ -317,6 +320,13 @@ def cmd_kfp(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="auditai kfp", description="Kubeflow Pipelines: compile, submit, schedule, or run the audit pipeline locally.")
     kfp_cli.add_arguments(parser)
     return kfp_cli.main(parser.parse_args(args))
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (anything else is a usage error, exit 2)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("certificates", nargs="+", type=Path, metavar="CERT.json")
     check.add_argument("--config", type=Path, default=None, help="YAML config whose 'inputs' name the models (default: those under --out)")
     check.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"audit folder holding the models (default: {DEFAULT_OUT})")
+    check.add_argument("--head", type=Path, default=None, help="the classifier head to check against instead of the config's or --out's (e.g. a fine-tuned candidate)")
+    check.add_argument(
+        "--sample", type=_positive_int, default=None, metavar="POINTS", help="also evaluate the model at POINTS evenly spaced points of the box for every verified sample"
+    )
     check.set_defaults(handler=cmd_certificate_check)
 
     sub.add_parser("kfp", help="Kubeflow Pipelines: compile, submit, schedule, run-local (see `auditai kfp --help`)", add_help=False)

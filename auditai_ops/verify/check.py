@@ -33,6 +33,7 @@ from auditai_ops.layout import StepInputs
 from auditai_ops.verify.audited_model import AuditedModel, build_audited_model
 from auditai_ops.verify.certificate import SIGNING_KEY_ENV, content_hash, signature, signing_key
 from auditai_ops.verify.engine import FALSIFIED, VERIFIED, Budget, Falsifier, LineVerifier, margins
+from auditai_ops.verify.resample import contradicted_samples
 from auditai_ops.verify.stats import clopper_pearson_lower
 
 
@@ -154,8 +155,15 @@ def _reverify(certificate: dict[str, Any], network: torch.nn.Module, directions:
     return checks
 
 
-def check_certificate(path: Path, model_settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None = None) -> list[Check]:
-    """Every check of one certificate against the models the config names; valid when all of them pass."""
+def check_certificate(
+    path: Path, model_settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None = None, sample_points: int | None = None
+) -> list[Check]:
+    """Every check of one certificate against the models the config names; valid when all of them pass.
+
+    sample_points: also evaluate the model at that many evenly spaced points of the certified box
+    for every verified sample (`resample.contradicted_samples`); a prediction that leaves the
+    target class there contradicts the proof.
+    """
     certificate = read_certificate(path)
     checks = _integrity(certificate)
     audited = build_audited_model(model_settings, generator, inputs, base_dir)
@@ -163,4 +171,10 @@ def check_certificate(path: Path, model_settings: ModelConfig, generator: Genera
     checks += hash_checks + _aggregate_checks(certificate)
     if all(c.passed for c in hash_checks):
         checks += _reverify(certificate, audited.network, directions, inputs)
+        if sample_points is not None:
+            verified, contradicted = contradicted_samples(certificate, audited.network, directions, inputs.latents, sample_points)
+            detail = f"{verified} verified samples, {sample_points} points each: " + (
+                "none leaves its target class" if contradicted == 0 else f"{contradicted} leave their target class at a sampled point: the proof is unsound"
+            )
+            checks.append(Check("dense sampling", contradicted == 0, detail))
     return checks

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from auditai_ops.config import ModelConfig
-from auditai_ops.directions.discover import load_directions
+from auditai_ops.directions.discover import Direction, load_directions
+from auditai_ops.errors import AuditInputError
 from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import CERTIFICATES_DIR, StepInputs
 from auditai_ops.verify.audited_model import build_audited_model
@@ -36,28 +39,36 @@ def resample_certificates(
     out_dir: Path, model_settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None = None, points: int = 1000, chunk: int = 64
 ) -> list[ResampleResult]:
     """Dense-sample every verified sample of every certificate under `out_dir/certificates` (decoded in pixel mode)."""
-    out_dir = Path(out_dir)
     network = build_audited_model(model_settings, generator, inputs, base_dir).network
     directions = load_directions(inputs.directions)
-    with np.load(inputs.latents, allow_pickle=False) as stored:
+    results = []
+    for path in sorted((Path(out_dir) / CERTIFICATES_DIR).glob("*.json")):
+        verified, contradicted = contradicted_samples(json.loads(path.read_text()), network, directions, inputs.latents, points, chunk)
+        results.append(ResampleResult(path.name, verified, points, contradicted))
+    return results
+
+
+@torch.no_grad()
+def contradicted_samples(certificate: dict[str, Any], network: nn.Module, directions: dict[str, Direction], latents_path: Path, points: int, chunk: int = 64) -> tuple[int, int]:
+    """(verified samples, how many of them leave their target class at one of about `points` evenly spaced points of the certified box)."""
+    with np.load(latents_path, allow_pickle=False) as stored:
         row_of = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}
         latents = torch.from_numpy(stored["test_z"].astype(np.float32))
-    results = []
-    for path in sorted((out_dir / CERTIFICATES_DIR).glob("*.json")):
-        certificate = json.loads(path.read_text())
-        matrix = torch.from_numpy(np.stack([directions[d["name"]].vector for d in certificate["directions"]]))
-        box = certificate["latent_box"]
-        per_axis = max(2, round(points ** (1.0 / len(matrix)))) if len(matrix) > 1 else points
-        axes = [torch.linspace(low, high, per_axis) for low, high in zip(box["low"], box["high"], strict=True)]
-        offsets = torch.cartesian_prod(*axes).reshape(-1, len(matrix)) @ matrix
-        verified = [s for s in certificate["samples"] if s["verdict"] == VERIFIED]
-        contradicted = 0
-        for start in range(0, len(verified), chunk):
-            batch = verified[start : start + chunk]
-            z = latents[[row_of[s["id"]] for s in batch]]
-            points_z = (z[:, None, :] + offsets[None, :, :]).reshape(-1, z.shape[1])
-            predictions = network(points_z).argmax(dim=-1).view(len(batch), -1)
-            targets = torch.tensor([s["target"] for s in batch])
-            contradicted += int((predictions != targets[:, None]).any(dim=1).sum())
-        results.append(ResampleResult(path.name, len(verified), len(offsets), contradicted))
-    return results
+    matrix = torch.from_numpy(np.stack([directions[d["name"]].vector for d in certificate["directions"]]))
+    box = certificate["latent_box"]
+    per_axis = max(2, round(points ** (1.0 / len(matrix)))) if len(matrix) > 1 else points
+    axes = [torch.linspace(low, high, per_axis) for low, high in zip(box["low"], box["high"], strict=True)]
+    offsets = torch.cartesian_prod(*axes).reshape(-1, len(matrix)) @ matrix
+    verified = [s for s in certificate["samples"] if s["verdict"] == VERIFIED]
+    missing = [s["id"] for s in verified if s["id"] not in row_of]
+    if missing:
+        raise AuditInputError(f"{latents_path}: {len(missing)} verified samples of the certificate are not among its test latents (first: {missing[0]})")
+    contradicted = 0
+    for start in range(0, len(verified), chunk):
+        batch = verified[start : start + chunk]
+        z = latents[[row_of[s["id"]] for s in batch]]
+        points_z = (z[:, None, :] + offsets[None, :, :]).reshape(-1, z.shape[1])
+        predictions = network(points_z).argmax(dim=-1).view(len(batch), -1)
+        targets = torch.tensor([s["target"] for s in batch])
+        contradicted += int((predictions != targets[:, None]).any(dim=1).sum())
+    return len(verified), contradicted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,9 @@ def _certificate(run: Path) -> Path:
     return run / "certificates" / "slant_small.json"
 
 
-def _failed(run: Path) -> dict[str, str]:
+def _failed(run: Path, sample_points: int | None = None) -> dict[str, str]:
     inputs = resolve_inputs(run, InputsConfig())
-    checks = check_certificate(_certificate(run), ModelConfig(), load_generator(GeneratorConfig(), inputs.vae), inputs)
+    checks = check_certificate(_certificate(run), ModelConfig(), load_generator(GeneratorConfig(), inputs.vae), inputs, sample_points=sample_points)
     return {c.name: c.detail for c in checks if not c.passed}
 
 
@@ -32,6 +33,41 @@ def test_fresh_certificates_are_valid(small_run: Path, capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     assert printed.count("VALID") == 3 and "FAIL" not in printed
     assert "proofs reproduced" in printed and "counterexamples confirmed" in printed
+
+
+def test_dense_sampling_of_fresh_certificates_finds_no_contradiction(small_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certificate", "check", str(_certificate(small_run)), "--out", str(small_run), "--sample", "300"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "dense sampling" in line)
+    assert line.lstrip().startswith("ok") and "300 points each: none leaves its target class" in line
+
+
+def test_dense_sampling_catches_a_counterexample_relabelled_verified(small_run_copy: Path) -> None:
+    path = _certificate(small_run_copy)
+    certificate = json.loads(path.read_text())
+    next(s for s in certificate["samples"] if s["verdict"] == "falsified")["verdict"] = "verified"
+    path.write_text(json.dumps(certificate))
+    assert "1 leave their target class at a sampled point" in _failed(small_run_copy, sample_points=300)["dense sampling"]
+
+
+def test_head_option_checks_against_another_head(small_run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--head replaces the audit folder's head: a changed copy fails the hash check, the original passes."""
+    original = small_run_copy / "classifier" / "head.safetensors"
+    weights = load_file(str(original))
+    first = sorted(weights)[0]
+    weights[first] = weights[first] * 1.01
+    save_file(weights, str(tmp_path / "other.safetensors"))
+    shutil.copy(original.with_suffix(".json"), tmp_path / "other.json")  # the head's architecture record
+    certificate = str(_certificate(small_run_copy))
+    assert main(["certificate", "check", certificate, "--out", str(small_run_copy), "--head", str(tmp_path / "other.safetensors")]) == 1
+    assert "FAIL head_sha256" in capsys.readouterr().out
+    assert main(["certificate", "check", certificate, "--out", str(small_run_copy), "--head", str(original)]) == 0
+
+
+@pytest.mark.parametrize("points", ["0", "-3", "many"])
+def test_sample_points_must_be_positive(points: str, small_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["certificate", "check", str(_certificate(small_run)), "--out", str(small_run), "--sample", points])
+    assert exit_info.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_tampered_content_is_detected(small_run_copy: Path) -> None:
