@@ -167,6 +167,47 @@ def merge_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_di
     return merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, find_shard_files([Path(d) for d in shard_dirs]), Path(audit_dir), base_dir)
 
 
+def finetune_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, candidate_dir: Path, base_dir: Path | None = None) -> dict[str, Any]:
+    """Certified fine-tuning of the head for the audit's failing unit tests (the repair branch of a pipeline).
+
+    With `finetune.repair: false` nothing is trained (status "repair off"). Otherwise the
+    candidate head, when one is kept, lands in `candidate_dir/classifier/` (the layout of
+    train-classifier's output, so later steps audit it as the head), with the fine-tuning
+    record in `candidate_dir/finetune/finetune.json`. Latent mode only: a pixel-mode candidate
+    is a classifier file the config must name (`auditai run` with `finetune.repair: true`).
+    Returns the status, whether a candidate was kept, the specs, both weight hashes and the message.
+    """
+    from auditai_ops.finetune.step import FINETUNE_DIR, FINETUNE_RECORD, finetune_model
+    from auditai_ops.layout import SUMMARY_FILE
+
+    config = config_from_text(config_yaml)
+    if not config.finetune.repair:
+        return {"status": "repair off", "candidate": False, "message": "finetune.repair is false: the failing model is not fine-tuned"}
+    if config.model.mode != "latent":
+        raise AuditInputError("finetune.repair in a pipeline fine-tunes the head (model.mode: latent); for pixel mode run `auditai run` with finetune.repair: true")
+    inputs = folder_inputs(latent_dir, directions_dir, head_dir)
+    generator = audit_generator(config, inputs, base_dir)
+    candidate_dir = Path(candidate_dir)
+    with tempfile.TemporaryDirectory(prefix="auditai-finetune-") as scratch:
+        shutil.copyfile(Path(audit_dir) / SUMMARY_FILE, Path(scratch) / SUMMARY_FILE)  # the failing unit tests
+        result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, generator, inputs, Path(scratch), base_dir)
+        (candidate_dir / FINETUNE_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.record_path, candidate_dir / FINETUNE_DIR / FINETUNE_RECORD)
+        if result.candidate is not None:
+            (candidate_dir / CLASSIFIER_DIR).mkdir(parents=True, exist_ok=True)
+            head = candidate_dir / CLASSIFIER_DIR / HEAD_FILE
+            shutil.copyfile(result.candidate, head)
+            shutil.copyfile(result.candidate.with_suffix(".json"), head.with_suffix(".json"))
+    return {
+        "status": result.status,
+        "candidate": result.candidate is not None,
+        "specs": list(result.specs),
+        "parent_sha256": result.parent_sha256,
+        "candidate_sha256": result.candidate_sha256,
+        "message": result.message,
+    }
+
+
 def assemble_audit_folder(target: Path, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path) -> Path:
     """Copy the step folders into one audit folder with the standard layout (what `auditai run` leaves), at `target`."""
     target = Path(target)

@@ -2,7 +2,10 @@
 
     map-latents -> discover-directions, train-classifier -> ParallelFor(verify-shard) -> merge -> report
       dsl.If(verdict == pass): gate (registers the model version, sets the `certified` alias past matching certificates)
-      dsl.Else: no promotion (the report and the certificates say why)
+      dsl.Elif(verdict == fail): finetune (certified fine-tuning for the failing specs when the config says finetune.repair: true)
+        dsl.If(a candidate was kept): ParallelFor(verify-shard) -> merge -> report of the candidate
+          dsl.If(its verdict == pass): gate (registers the candidate; its certificates carry its weight hash)
+      Without a passing audit of the original or of a candidate, nothing is promoted.
 
 Verification shards run on GPUs when the pipeline is compiled with an accelerator type
 (set_accelerator_type / set_accelerator_limit, the CUDA image, and the GPU node toleration),
@@ -10,9 +13,12 @@ on CPUs otherwise. MLflow and S3 settings reach every task from the cluster's Co
 Secret (names in infra/runtime.yaml), never as values in the pipeline.
 """
 
+from typing import Any
+
 from kfp import dsl, kubernetes
 
 from components.discover_directions import discover_directions
+from components.finetune import finetune
 from components.gate import gate
 from components.map_latents import map_latents
 from components.merge import merge
@@ -45,6 +51,19 @@ def on_gpu(task: dsl.PipelineTask, accelerator: str) -> dsl.PipelineTask:
     return task
 
 
+def audit_and_report(config_yaml: Any, verify_device: Any, models: dict[str, Any], shards: int, accelerator: str | None, label: str) -> dsl.PipelineTask:
+    """ParallelFor(verify-shard) -> merge -> report of the head in `models` (pipeline channels); the merge task (its Output is the verdict)."""
+    with dsl.ParallelFor(items=list(range(shards)), name="verification-shards") as index:
+        shard = with_cluster_env(
+            verify_shard(config_yaml=config_yaml, device=verify_device, shard_index=index, shard_count=shards, **models).set_display_name(f"verify shard{label}")
+        )
+        if accelerator:
+            on_gpu(shard, accelerator)
+    merged = with_cluster_env(merge(config_yaml=config_yaml, shards=dsl.Collected(shard.outputs["shard"]), **models).set_display_name(f"merge shards{label}"))
+    with_cluster_env(report(config_yaml=config_yaml, audit=merged.outputs["audit"], **models).set_display_name(f"HTML report{label}"))
+    return merged
+
+
 def build_pipeline(shards: int = DEFAULT_SHARDS, accelerator: str | None = DEFAULT_ACCELERATOR):  # noqa: ANN201 - a kfp GraphComponent
     """The pipeline with `shards` verification shards, each on one `accelerator` (None: on CPU)."""
 
@@ -54,17 +73,18 @@ def build_pipeline(shards: int = DEFAULT_SHARDS, accelerator: str | None = DEFAU
         directions = with_cluster_env(discover_directions(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("discover directions"))
         head = with_cluster_env(train_classifier(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("train classifier"))
         models = {"latent": latent.outputs["latent"], "directions": directions.outputs["directions"], "head": head.outputs["head"]}
-        with dsl.ParallelFor(items=list(range(shards)), name="verification-shards") as index:
-            shard = with_cluster_env(
-                verify_shard(config_yaml=config_yaml, device=verify_device, shard_index=index, shard_count=shards, **models).set_display_name("verify shard")
-            )
-            if accelerator:
-                on_gpu(shard, accelerator)
-        merged = with_cluster_env(merge(config_yaml=config_yaml, shards=dsl.Collected(shard.outputs["shard"]), **models).set_display_name("merge shards"))
+        merged = audit_and_report(config_yaml, verify_device, models, shards, accelerator, "")
         audit = merged.outputs["audit"]
-        with_cluster_env(report(config_yaml=config_yaml, audit=audit, **models).set_display_name("HTML report"))
         with dsl.If(merged.outputs["Output"] == "pass", name="every-spec-passes"):
             with_cluster_env(gate(config_yaml=config_yaml, audit=audit, **models).set_display_name("gate: register and certify"))
+        with dsl.Elif(merged.outputs["Output"] == "fail", name="some-spec-fails"):
+            tuned = with_cluster_env(finetune(config_yaml=config_yaml, audit=audit, **models).set_display_name("certified fine-tuning"))
+            with dsl.If(tuned.outputs["Output"] == "candidate", name="candidate-kept"):
+                candidate = {**models, "head": tuned.outputs["candidate"]}
+                remerged = audit_and_report(config_yaml, verify_device, candidate, shards, accelerator, " (candidate)")
+                with dsl.If(remerged.outputs["Output"] == "pass", name="candidate-passes"):
+                    gate_task = gate(config_yaml=config_yaml, audit=remerged.outputs["audit"], **candidate)
+                    with_cluster_env(gate_task.set_display_name("gate the candidate: register and certify"))
         return merged.outputs["Output"]
 
     return audit_pipeline

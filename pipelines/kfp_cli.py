@@ -79,7 +79,10 @@ def schedule(
 
 
 def run_local(config: Path | None, pipeline_root: Path, shards: int = 2) -> dict:
-    """Run the whole pipeline here with kfp.local.SubprocessRunner (CPU, this Python); returns the merged summary.
+    """Run the whole pipeline here with kfp.local.SubprocessRunner (CPU, this Python).
+
+    Returns {"audit": the merged summary, "finetune": the fine-tuning record or None,
+    "candidate": the candidate's merged summary or None} (the last two from the repair branch).
 
     The components install nothing at run time (install_kfp_package=False, no
     packages_to_install), so the run works offline with the packages of this environment.
@@ -94,11 +97,16 @@ def run_local(config: Path | None, pipeline_root: Path, shards: int = 2) -> dict
         arguments["config_yaml"] = override_config_text(arguments["config_yaml"], {"tracking": tracking})
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     run = build_pipeline(shards, accelerator=None)(**arguments)
-    summaries = sorted(Path(pipeline_root).glob(f"{PIPELINE_NAME}-*/merge/audit/summary.json"))  # run folders are named by start time
-    summary_path = summaries[-1] if summaries else None
-    if run.output is None or summary_path is None:
+    folders = sorted(Path(pipeline_root).glob(f"{PIPELINE_NAME}-*/"))  # run folders are named by start time
+    folder = folders[-1] if folders else Path(pipeline_root)
+    if run.output is None or not (folder / "merge" / "audit" / "summary.json").is_file():
         raise RuntimeError(f"the local pipeline run left no summary under {pipeline_root}")
-    return json.loads(summary_path.read_text())
+
+    def read(relative: str) -> dict | None:
+        path = folder / relative
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    return {"audit": read("merge/audit/summary.json"), "finetune": read("finetune/candidate/finetune/finetune.json"), "candidate": read("merge-2/audit/summary.json")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +146,17 @@ def main(args: argparse.Namespace) -> int:
     if args.kfp_command == "schedule":
         print(f"created recurring run {schedule(args.host, args.cron, args.config, args.package, args.experiment, args.job_name, args.namespace)} ({args.cron})")
         return 0
-    summary = run_local(args.config, args.pipeline_root, args.shards)
-    print(yaml.safe_dump({"verdict": summary["verdict"], "unit_tests": {t["name"]: t["verdict"] for t in summary["unit_tests"]}}, sort_keys=False))
-    return {"pass": 0, "fail": 1}.get(summary["verdict"], 2)
+    outcome = run_local(args.config, args.pipeline_root, args.shards)
+    report = {"verdict": outcome["audit"]["verdict"], "unit_tests": _verdicts(outcome["audit"])}
+    if outcome["finetune"] is not None:
+        report["finetune"] = outcome["finetune"]["status"]
+    final = outcome["audit"]
+    if outcome["candidate"] is not None:  # exit with the candidate's verdict, as `auditai run` does after a repair
+        final = outcome["candidate"]
+        report["candidate"] = {"verdict": final["verdict"], "unit_tests": _verdicts(final)}
+    print(yaml.safe_dump(report, sort_keys=False))
+    return {"pass": 0, "fail": 1}.get(final["verdict"], 2)
+
+
+def _verdicts(summary: dict) -> dict[str, str]:
+    return {t["name"]: t["verdict"] for t in summary["unit_tests"]}

@@ -46,15 +46,24 @@ def test_run_local_passes_like_auditai_run_and_certifies(small_run: Path, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_run_local_failing_audit_is_not_promoted(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_local_failing_audit_is_repaired_and_reaudited_but_not_promoted(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spec no fine-tuning reaches (0.99 at +-15 degrees): the repair branch trains and re-audits a candidate, which fails too."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = yaml.safe_load(SMALL_CONFIG.read_text())
     config["unit_tests"].append({"name": "slant_wide_strict", "direction": "slant", "range": {"low": -15, "high": 15}, "threshold": 0.99})
+    config["finetune"] = {"repair": True, "epochs": 3, "warmup_epochs": 0, "ramp_epochs": 1, "samples_per_epoch": 400, "validation_samples": 60, "clean_accuracy_drop": 0.05}
     path = tmp_path / "failing.yaml"
     path.write_text(yaml.safe_dump(config))
     code, pipeline, printed = _run_local(path, tmp_path / "root", capsys)
     assert code == 1 and pipeline["verdict"] == "fail"
     assert "slant_wide_strict: fail" in printed
-    assert not list((tmp_path / "root").glob("auditai-audit-*/gate")), "the gate task must not run for a failing audit"
+    record = json.loads(next((tmp_path / "root").glob("auditai-audit-*/finetune/candidate/finetune/finetune.json")).read_text())
+    assert record["specs"] == ["slant_wide_strict"] and f"finetune: {record['status']}" in printed
+    (candidate_summary,) = (tmp_path / "root").glob("auditai-audit-*/merge-2/audit/summary.json")
+    candidate = json.loads(candidate_summary.read_text())
+    assert candidate["models"]["head_sha256"] == record["candidate"]["weights_sha256"] != pipeline["models"]["head_sha256"]
+    assert candidate["verdict"] == "fail" and "candidate:" in printed
+    for gate_task in ("gate", "gate-2"):
+        assert not list((tmp_path / "root").glob(f"auditai-audit-*/{gate_task}")), f"{gate_task} must not run without a passing audit"
     with pytest.raises(MlflowException):
         _registry(tmp_path / "root").get_model_version_by_alias("auditai-model", "certified")

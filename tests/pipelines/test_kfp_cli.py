@@ -27,19 +27,33 @@ def test_compiled_pipeline_fans_out_on_gpus_and_gates_on_the_verdict() -> None:
     loop = spec["root"]["dag"]["tasks"]["for-loop-2"]
     assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
     executors = spec["deploymentSpec"]["executors"]
-    shard = executors["exec-verify-shard"]["container"]
-    assert shard["resources"]["accelerator"] == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}
-    assert shard["image"].endswith("auditai-cuda:" + shard["image"].rsplit(":", 1)[1])
-    assert all("accelerator" not in e["container"].get("resources", {}) for name, e in executors.items() if name != "exec-verify-shard")
-    condition = spec["root"]["dag"]["tasks"]["condition-3"]
-    assert condition["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--merge-Output'] == 'pass'"
-    assert list(spec["components"]["comp-condition-3"]["dag"]["tasks"]) == ["gate"]
+    shard_executors = ("exec-verify-shard", "exec-verify-shard-2")  # the audit's and the candidate's re-audit
+    for name in shard_executors:
+        shard = executors[name]["container"]
+        assert shard["resources"]["accelerator"] == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}
+        assert shard["image"].endswith("auditai-cuda:" + shard["image"].rsplit(":", 1)[1])
+    assert all("accelerator" not in e["container"].get("resources", {}) for name, e in executors.items() if name not in shard_executors)
+    branches = spec["components"]["comp-condition-branches-3"]["dag"]["tasks"]
+    verdict = "inputs.parameter_values['pipelinechannel--merge-Output']"
+    assert branches["condition-4"]["triggerPolicy"]["condition"] == f"{verdict} == 'pass'"
+    assert list(spec["components"]["comp-condition-4"]["dag"]["tasks"]) == ["gate"]
+    # The repair branch: only on 'fail' (an 'error' verdict neither gates nor fine-tunes), then a full re-audit of the candidate.
+    assert branches["condition-5"]["triggerPolicy"]["condition"] == f"!({verdict} == 'pass') && {verdict} == 'fail'"
+    repair = spec["components"]["comp-condition-5"]["dag"]["tasks"]
+    assert repair["condition-6"]["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--finetune-Output'] == 'candidate'"
+    reaudit = spec["components"]["comp-condition-6"]["dag"]["tasks"]
+    assert set(reaudit) == {"for-loop-8", "merge-2", "report-2", "condition-9"}
+    assert reaudit["condition-9"]["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--merge-2-Output'] == 'pass'"
+    assert list(spec["components"]["comp-condition-9"]["dag"]["tasks"]) == ["gate-2"]
+    candidate_head = reaudit["merge-2"]["inputs"]["artifacts"]["head"]["componentInputArtifact"]
+    assert candidate_head == "pipelinechannel--finetune-candidate", "the re-audit must read the candidate, not the original head"
     kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name in executors:
         assert kubernetes[name]["configMapAsEnv"][0]["configMapName"] == "auditai-tracking", name
         assert [s["secretName"] for s in kubernetes[name]["secretAsEnv"]] == ["auditai-s3", "auditai-signing"], name
-    assert kubernetes["exec-verify-shard"]["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
-    assert kubernetes["exec-verify-shard"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    for name in shard_executors:
+        assert kubernetes[name]["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+        assert kubernetes[name]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
 
 
 def test_compile_for_cpu_has_no_gpu_request(tmp_path: Path) -> None:

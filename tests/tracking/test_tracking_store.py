@@ -40,7 +40,7 @@ def test_params_flatten_with_unit_tests_keyed_by_name() -> None:
     params = flatten_params(config.model_dump(mode="json"))
     assert params["unit_tests.slant5.range"] == '[{"low": -5.0, "high": 5.0, "units": "attribute"}]'
     assert params["unit_tests.slant5.threshold"] == "0.9"
-    assert params["verify.methods"] == '["forward", "forward+backward"]'
+    assert params["verify.methods"] == '["forward+backward"]'
     assert len(flatten_params({"long": "x" * 10_000})["long"]) == 6000
 
 
