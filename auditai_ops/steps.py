@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,29 +113,63 @@ def own_generator(config: AuditConfig, base_dir: Path | None = None) -> Generato
     return load_generator(config.generator, Path(), base_dir)
 
 
-def map_latents_step(config_yaml: str, latent_dir: Path, base_dir: Path | None = None) -> dict[str, float]:
+def _parent_run(config: AuditConfig, mlflow_run_dir: Path | None) -> str | None:
+    """The parent run id that `begin_audit_step` recorded in `mlflow_run_dir`; None without one (or with tracking off)."""
+    from auditai_ops.tracking.store import read_tracking_record
+
+    record = read_tracking_record(Path(mlflow_run_dir)) if mlflow_run_dir is not None and config.tracking.enabled else None
+    return str(record["parent_run_id"]) if record and record.get("parent_run_id") else None
+
+
+@contextmanager
+def _tracked(config: AuditConfig, out_dir: Path, step: str, mlflow_run_dir: Path | None) -> Iterator[None]:
+    """The step inside a nested MLflow run of the parent run recorded in `mlflow_run_dir` (see `begin_audit_step`); untracked without one."""
+    parent = _parent_run(config, mlflow_run_dir)
+    if parent is None:
+        yield
+        return
+    from auditai_ops.tracking.steps import track_step
+
+    with track_step(config.tracking, Path(out_dir), step, config, parent_run_id=parent):
+        yield
+
+
+def begin_audit_step(config_yaml: str, run_dir: Path, run_name: str = "audit") -> str:
+    """Start an audit's parent MLflow run (the whole config as params), recorded in `run_dir/tracking.json` for the later steps; its id ("" when tracking is off or failed)."""
+    config = config_from_text(config_yaml)
+    if not config.tracking.enabled:
+        return ""
+    from auditai_ops.tracking.steps import begin_audit
+
+    return begin_audit(config, Path(run_dir), run_name=run_name) or ""
+
+
+def map_latents_step(config_yaml: str, latent_dir: Path, base_dir: Path | None = None, mlflow_run_dir: Path | None = None) -> dict[str, float]:
     """Train the VAE (or use the team's generator) and encode the dataset into `latent_dir/latent/`; returns the metrics."""
     from auditai_ops.latent.mapping import map_latents
 
     config = config_from_text(config_yaml)
-    return map_latents(config.data, config.latent, Path(latent_dir), base_dir, own_generator(config, base_dir)).metrics
+    with _tracked(config, latent_dir, "map-latents", mlflow_run_dir):
+        return map_latents(config.data, config.latent, Path(latent_dir), base_dir, own_generator(config, base_dir)).metrics
 
 
-def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir: Path, base_dir: Path | None = None) -> list[str]:
+def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir: Path, base_dir: Path | None = None, mlflow_run_dir: Path | None = None) -> list[str]:
     """Find the calibrated semantic directions into `directions_dir/directions/`; returns their names."""
     from auditai_ops.directions.discover import discover_directions
 
     config = config_from_text(config_yaml)
     inputs = folder_inputs(latent_dir)
-    return sorted(discover_directions(config.directions, audit_generator(config, inputs, base_dir), inputs.latents, Path(directions_dir)))
+    with _tracked(config, directions_dir, "discover-directions", mlflow_run_dir):
+        return sorted(discover_directions(config.directions, audit_generator(config, inputs, base_dir), inputs.latents, Path(directions_dir)))
 
 
-def train_classifier_step(config_yaml: str, latent_dir: Path, head_dir: Path) -> dict[str, float]:
+def train_classifier_step(config_yaml: str, latent_dir: Path, head_dir: Path, mlflow_run_dir: Path | None = None) -> dict[str, float]:
     """Train the classifier head on the latents into `head_dir/classifier/`; returns its accuracies."""
     from auditai_ops.classifier.head import train_classifier
 
     config = config_from_text(config_yaml)
-    return train_classifier(config.classifier, folder_inputs(latent_dir).latents, Path(head_dir)).metrics
+    with _tracked(config, head_dir, "train-classifier", mlflow_run_dir):
+        return train_classifier(config.classifier, folder_inputs(latent_dir).latents, Path(head_dir)).metrics
 
 
 def verify_shard_step(
@@ -146,6 +182,7 @@ def verify_shard_step(
     shard_dir: Path,
     device: str | None = None,
     base_dir: Path | None = None,
+    mlflow_run_dir: Path | None = None,
 ) -> Path:
     """Verify shard `shard_index` of `shard_count` of every unit test into `shard_dir/shards/` (on `device` when given: cpu, cuda, cuda:N)."""
     from auditai_ops.verify.step import verify_shard
@@ -154,26 +191,41 @@ def verify_shard_step(
     config = with_device(config_from_text(config_yaml), device)
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
     generator = audit_generator(config, inputs, base_dir)
-    return verify_shard(config.unit_tests, config.verify, config.model, generator, inputs, Shard(shard_index, shard_count), Path(shard_dir), base_dir)
+    with _tracked(config, shard_dir, f"verify-shard-{shard_index}-of-{shard_count}", mlflow_run_dir):
+        return verify_shard(config.unit_tests, config.verify, config.model, generator, inputs, Shard(shard_index, shard_count), Path(shard_dir), base_dir)
 
 
-def merge_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, shard_dirs: list[Path], audit_dir: Path, base_dir: Path | None = None) -> dict[str, Any]:
-    """Merge the shards into certificates, `summary.json` and `junit.xml` in `audit_dir`; returns the summary."""
+def merge_step(
+    config_yaml: str,
+    latent_dir: Path,
+    directions_dir: Path,
+    head_dir: Path,
+    shard_dirs: list[Path],
+    audit_dir: Path,
+    base_dir: Path | None = None,
+    mlflow_run_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Merge the shards into certificates, `summary.json` and `junit.xml` in `audit_dir`; returns the summary (logged as the verify step)."""
     from auditai_ops.verify.step import find_shard_files, merge_shards
 
     config = config_from_text(config_yaml)
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
     generator = audit_generator(config, inputs, base_dir)
-    return merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, find_shard_files([Path(d) for d in shard_dirs]), Path(audit_dir), base_dir)
+    with _tracked(config, audit_dir, "verify", mlflow_run_dir):
+        return merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, find_shard_files([Path(d) for d in shard_dirs]), Path(audit_dir), base_dir)
 
 
-def finetune_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, candidate_dir: Path, base_dir: Path | None = None) -> dict[str, Any]:
+def finetune_step(
+    config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, candidate_dir: Path, base_dir: Path | None = None, mlflow_run_dir: Path | None = None
+) -> dict[str, Any]:
     """Certified fine-tuning of the head for the audit's failing unit tests (the repair branch of a pipeline).
 
     With `finetune.repair: false` nothing is trained (status "repair off"). Otherwise the
     candidate head, when one is kept, lands in `candidate_dir/classifier/` (the layout of
     train-classifier's output, so later steps audit it as the head), with the fine-tuning
-    record in `candidate_dir/finetune/finetune.json`. Latent mode only: a pixel-mode candidate
+    record in `candidate_dir/finetune/finetune.json`; when the audit is tracked (a parent run
+    in `mlflow_run_dir`), a new parent run "audit candidate" begins for the candidate's own audit, recorded in
+    `candidate_dir/tracking.json` (so the candidate folder is also the later steps' run folder). Latent mode only: a pixel-mode candidate
     is a classifier file the config must name (`auditai run` with `finetune.repair: true`).
     Returns the status, whether a candidate was kept, the specs, both weight hashes and the message.
     """
@@ -182,7 +234,7 @@ def finetune_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head
 
     config = config_from_text(config_yaml)
     if not config.finetune.repair:
-        return {"status": "repair off", "candidate": False, "message": "finetune.repair is false: the failing model is not fine-tuned"}
+        return {"status": "repair off", "candidate": False, "candidate_run_id": "", "message": "finetune.repair is false: the failing model is not fine-tuned"}
     if config.model.mode != "latent":
         raise AuditInputError("finetune.repair in a pipeline fine-tunes the head (model.mode: latent); for pixel mode run `auditai run` with finetune.repair: true")
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
@@ -190,7 +242,8 @@ def finetune_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head
     candidate_dir = Path(candidate_dir)
     with tempfile.TemporaryDirectory(prefix="auditai-finetune-") as scratch:
         shutil.copyfile(Path(audit_dir) / SUMMARY_FILE, Path(scratch) / SUMMARY_FILE)  # the failing unit tests
-        result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, generator, inputs, Path(scratch), base_dir)
+        with _tracked(config, candidate_dir / FINETUNE_DIR, "finetune", mlflow_run_dir):
+            result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, generator, inputs, Path(scratch), base_dir)
         (candidate_dir / FINETUNE_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.record_path, candidate_dir / FINETUNE_DIR / FINETUNE_RECORD)
         if result.candidate is not None:
@@ -198,9 +251,12 @@ def finetune_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head
             head = candidate_dir / CLASSIFIER_DIR / HEAD_FILE
             shutil.copyfile(result.candidate, head)
             shutil.copyfile(result.candidate.with_suffix(".json"), head.with_suffix(".json"))
+    tracked = _parent_run(config, mlflow_run_dir) is not None
+    candidate_run_id = begin_audit_step(config_yaml, candidate_dir, "audit candidate") if tracked and result.candidate is not None else ""
     return {
         "status": result.status,
         "candidate": result.candidate is not None,
+        "candidate_run_id": candidate_run_id,
         "specs": list(result.specs),
         "parent_sha256": result.parent_sha256,
         "candidate_sha256": result.candidate_sha256,
@@ -216,25 +272,33 @@ def assemble_audit_folder(target: Path, latent_dir: Path, directions_dir: Path, 
     return target
 
 
-def report_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, report_path: Path) -> Path:
+def report_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, report_path: Path, mlflow_run_dir: Path | None = None) -> Path:
     """The self-contained HTML report of the audit, written to `report_path`."""
     from auditai_ops.report.html import write_html_report
 
-    config_from_text(config_yaml)
+    config = config_from_text(config_yaml)
     with tempfile.TemporaryDirectory(prefix="auditai-report-") as scratch:
         folder = assemble_audit_folder(Path(scratch), latent_dir, directions_dir, head_dir, audit_dir)
-        written = write_html_report(folder)
+        with _tracked(config, folder, "report", mlflow_run_dir):
+            written = write_html_report(folder)
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written, report_path)
     return Path(report_path)
 
 
-def gate_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, gate_dir: Path) -> dict[str, Any]:
-    """Register the audited model in MLflow and set the gate alias only past passing, matching certificates; the decision (also in `gate_dir/gate.json`)."""
+def gate_step(
+    config_yaml: str, latent_dir: Path, directions_dir: Path, head_dir: Path, audit_dir: Path, gate_dir: Path, mlflow_run_dir: Path | None = None
+) -> dict[str, Any]:
+    """Register the audited model in MLflow and set the gate alias only past passing, matching certificates; the decision (also in `gate_dir/gate.json`).
+
+    With `mlflow_run_dir`, the gate's run nests under the parent run recorded there.
+    """
     from auditai_ops.gate.step import gate_audit
 
     config = config_from_text(config_yaml)
     folder = assemble_audit_folder(Path(gate_dir), latent_dir, directions_dir, head_dir, audit_dir)
+    if mlflow_run_dir is not None and (Path(mlflow_run_dir) / TRACKING_FILE).is_file():
+        shutil.copyfile(Path(mlflow_run_dir) / TRACKING_FILE, folder / TRACKING_FILE)
     return gate_audit(config.model_copy(update={"inputs": InputsConfig()}), folder).as_dict()
 
 

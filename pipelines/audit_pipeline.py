@@ -1,10 +1,12 @@
 """The audit pipeline: map latents, directions and classifier, sharded verification, merge, report, then the gate.
 
+    begin-audit (the parent MLflow run; every later task logs a nested run under it) ->
     map-latents -> discover-directions, train-classifier -> ParallelFor(verify-shard) -> merge -> report
       dsl.If(verdict == pass): gate (registers the model version, sets the `certified` alias past matching certificates)
       dsl.Elif(verdict == fail): finetune (certified fine-tuning for the failing specs when the config says finetune.repair: true)
         dsl.If(a candidate was kept): ParallelFor(verify-shard) -> merge -> report of the candidate
           dsl.If(its verdict == pass): gate (registers the candidate; its certificates carry its weight hash)
+        (the candidate's audit logs under a parent MLflow run of its own, which finetune begins)
       Without a passing audit of the original or of a candidate, nothing is promoted.
 
 Verification shards run on GPUs when the pipeline is compiled with an accelerator type
@@ -17,6 +19,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
+from components.begin_audit import begin_audit
 from components.discover_directions import discover_directions
 from components.finetune import finetune
 from components.gate import gate
@@ -51,16 +54,16 @@ def on_gpu(task: dsl.PipelineTask, accelerator: str) -> dsl.PipelineTask:
     return task
 
 
-def audit_and_report(config_yaml: Any, verify_device: Any, models: dict[str, Any], shards: int, accelerator: str | None, label: str) -> dsl.PipelineTask:
+def audit_and_report(config_yaml: Any, verify_device: Any, models: dict[str, Any], shards: int, accelerator: str | None, label: str, mlflow_run: Any) -> dsl.PipelineTask:
     """ParallelFor(verify-shard) -> merge -> report of the head in `models` (pipeline channels); the merge task (its Output is the verdict)."""
     with dsl.ParallelFor(items=list(range(shards)), name="verification-shards") as index:
-        shard = with_cluster_env(
-            verify_shard(config_yaml=config_yaml, device=verify_device, shard_index=index, shard_count=shards, **models).set_display_name(f"verify shard{label}")
-        )
+        shard = verify_shard(config_yaml=config_yaml, device=verify_device, shard_index=index, shard_count=shards, mlflow_run=mlflow_run, **models)
+        with_cluster_env(shard.set_display_name(f"verify shard{label}"))
         if accelerator:
             on_gpu(shard, accelerator)
-    merged = with_cluster_env(merge(config_yaml=config_yaml, shards=dsl.Collected(shard.outputs["shard"]), **models).set_display_name(f"merge shards{label}"))
-    with_cluster_env(report(config_yaml=config_yaml, audit=merged.outputs["audit"], **models).set_display_name(f"HTML report{label}"))
+    merged = merge(config_yaml=config_yaml, shards=dsl.Collected(shard.outputs["shard"]), mlflow_run=mlflow_run, **models)
+    with_cluster_env(merged.set_display_name(f"merge shards{label}"))
+    with_cluster_env(report(config_yaml=config_yaml, audit=merged.outputs["audit"], mlflow_run=mlflow_run, **models).set_display_name(f"HTML report{label}"))
     return merged
 
 
@@ -69,21 +72,24 @@ def build_pipeline(shards: int = DEFAULT_SHARDS, accelerator: str | None = DEFAU
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Verified semantic unit tests (AuditAI): prove every spec, gate the model version on the certificates.")
     def audit_pipeline(config_yaml: str = "", verify_device: str = "cuda" if accelerator else "cpu") -> str:
-        latent = with_cluster_env(map_latents(config_yaml=config_yaml).set_display_name("map latents"))
-        directions = with_cluster_env(discover_directions(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("discover directions"))
-        head = with_cluster_env(train_classifier(config_yaml=config_yaml, latent=latent.outputs["latent"]).set_display_name("train classifier"))
+        run = with_cluster_env(begin_audit(config_yaml=config_yaml).set_display_name("begin audit (MLflow parent run)")).outputs["mlflow_run"]
+        latent = with_cluster_env(map_latents(config_yaml=config_yaml, mlflow_run=run).set_display_name("map latents"))
+        directions = discover_directions(config_yaml=config_yaml, latent=latent.outputs["latent"], mlflow_run=run)
+        head = train_classifier(config_yaml=config_yaml, latent=latent.outputs["latent"], mlflow_run=run)
+        with_cluster_env(directions.set_display_name("discover directions"))
+        with_cluster_env(head.set_display_name("train classifier"))
         models = {"latent": latent.outputs["latent"], "directions": directions.outputs["directions"], "head": head.outputs["head"]}
-        merged = audit_and_report(config_yaml, verify_device, models, shards, accelerator, "")
+        merged = audit_and_report(config_yaml, verify_device, models, shards, accelerator, "", run)
         audit = merged.outputs["audit"]
         with dsl.If(merged.outputs["Output"] == "pass", name="every-spec-passes"):
-            with_cluster_env(gate(config_yaml=config_yaml, audit=audit, **models).set_display_name("gate: register and certify"))
+            with_cluster_env(gate(config_yaml=config_yaml, audit=audit, mlflow_run=run, **models).set_display_name("gate: register and certify"))
         with dsl.Elif(merged.outputs["Output"] == "fail", name="some-spec-fails"):
-            tuned = with_cluster_env(finetune(config_yaml=config_yaml, audit=audit, **models).set_display_name("certified fine-tuning"))
+            tuned = with_cluster_env(finetune(config_yaml=config_yaml, audit=audit, mlflow_run=run, **models).set_display_name("certified fine-tuning"))
             with dsl.If(tuned.outputs["Output"] == "candidate", name="candidate-kept"):
-                candidate = {**models, "head": tuned.outputs["candidate"]}
-                remerged = audit_and_report(config_yaml, verify_device, candidate, shards, accelerator, " (candidate)")
+                candidate = {**models, "head": tuned.outputs["candidate"]}  # also the MLflow run folder of the candidate's audit
+                remerged = audit_and_report(config_yaml, verify_device, candidate, shards, accelerator, " (candidate)", tuned.outputs["candidate"])
                 with dsl.If(remerged.outputs["Output"] == "pass", name="candidate-passes"):
-                    gate_task = gate(config_yaml=config_yaml, audit=remerged.outputs["audit"], **candidate)
+                    gate_task = gate(config_yaml=config_yaml, audit=remerged.outputs["audit"], mlflow_run=tuned.outputs["candidate"], **candidate)
                     with_cluster_env(gate_task.set_display_name("gate the candidate: register and certify"))
         return merged.outputs["Output"]
 

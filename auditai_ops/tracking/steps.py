@@ -145,13 +145,18 @@ def _warn(step: str, error: BaseException) -> None:
 
 
 @contextmanager
-def track_step(settings: TrackingConfig, out_dir: Path, step: str, config: AuditConfig, config_file: Path | None = None) -> Iterator[StepTracking]:
-    """Run a step inside a nested MLflow run: params before, outputs and status after (FAILED when the step raises)."""
+def track_step(
+    settings: TrackingConfig, out_dir: Path, step: str, config: AuditConfig, config_file: Path | None = None, parent_run_id: str | None = None
+) -> Iterator[StepTracking]:
+    """Run a step inside a nested MLflow run: params before, outputs and status after (FAILED when the step raises).
+
+    The parent is `parent_run_id` when given (a pipeline passes the run its first task began), else as `audit_run` finds it.
+    """
     out_dir = Path(out_dir)
     tracking = StepTracking(None, None)
     if settings.enabled:
         try:
-            audit = audit_run(settings, out_dir, run_name=_audit_name(config_file), params=audit_params(config, config_file))
+            audit = audit_run(settings, out_dir, run_name=_audit_name(config_file), params=audit_params(config, config_file), parent_run_id=parent_run_id)
             run_id = start_child_run(audit, step)
             dumped = config.model_dump(mode="json")
             log_params(audit.client, run_id, flatten_params({section: dumped[section] for section in STEP_SECTIONS.get(step, ())}))
@@ -174,9 +179,14 @@ def track_step(settings: TrackingConfig, out_dir: Path, step: str, config: Audit
                 _warn(step, error)
 
 
-def begin_audit(config: AuditConfig, out_dir: Path, config_file: Path | None = None) -> None:
-    """Start a new parent run for the audit in `out_dir` (`auditai run`); later steps nest under it. Failure is a warning."""
+def begin_audit(config: AuditConfig, out_dir: Path, config_file: Path | None = None, run_name: str | None = None) -> str | None:
+    """Start a new parent run for the audit in `out_dir` (`auditai run`, a pipeline's first task); later steps nest under it.
+
+    Returns its id; None when that failed (a warning: tracking must not take the audit down).
+    """
     try:
-        audit_run(config.tracking, Path(out_dir), new=True, run_name=_audit_name(config_file), params=audit_params(config, config_file))
+        name = run_name or _audit_name(config_file)
+        return audit_run(config.tracking, Path(out_dir), new=True, run_name=name, params=audit_params(config, config_file)).run_id
     except Exception as error:  # as in track_step: tracking must not take the audit down
         _warn("run", error)
+        return None

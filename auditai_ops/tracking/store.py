@@ -128,8 +128,10 @@ def read_tracking_record(out_dir: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def audit_run(settings: TrackingConfig, out_dir: Path, new: bool = False, run_name: str = "audit", params: dict[str, str] | None = None) -> AuditRun:
-    """The audit's parent run: $AUDITAI_MLFLOW_PARENT_RUN_ID, else the one in `tracking.json` (same URI), else a new one.
+def audit_run(
+    settings: TrackingConfig, out_dir: Path, new: bool = False, run_name: str = "audit", params: dict[str, str] | None = None, parent_run_id: str | None = None
+) -> AuditRun:
+    """The audit's parent run: `parent_run_id`, else $AUDITAI_MLFLOW_PARENT_RUN_ID, else the one in `tracking.json` (same URI), else a new one.
 
     `new=True` (used by `auditai run`) starts a new parent run unless the environment names
     one. A new parent run gets `params` (the whole audit config) and is recorded in
@@ -140,7 +142,7 @@ def audit_run(settings: TrackingConfig, out_dir: Path, new: bool = False, run_na
     client = tracking_client(target.tracking_uri)
     with _locked(out_dir):
         record = read_tracking_record(out_dir)
-        run_id = os.environ.get(PARENT_RUN_ENV) or None
+        run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
         if run_id is None and not new and record and record.get("tracking_uri") == target.tracking_uri:
             run_id = record.get("parent_run_id")
         if run_id is not None:

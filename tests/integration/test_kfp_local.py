@@ -29,6 +29,17 @@ def _registry(root: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow' / 'mlflow.db'}")
 
 
+def _logged_steps(root: Path, parent_name: str) -> dict[str, str]:
+    """The nested runs (name -> status) of the parent run `parent_name`; the parent's verify outputs are checked on the way."""
+    client = _registry(root)
+    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "auditai"]
+    (parent,) = client.search_runs([experiment], filter_string=f"attributes.run_name = '{parent_name}'")
+    assert "summary.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert parent.data.tags["auditai.verdict"] in ("pass", "fail")
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return {run.info.run_name: run.info.status for run in children}
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_run_local_passes_like_auditai_run_and_certifies(small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,6 +53,9 @@ def test_run_local_passes_like_auditai_run_and_certifies(small_run: Path, tmp_pa
     assert (next(tmp_path.glob("auditai-audit-*/report/report")).read_text()).startswith("<!DOCTYPE html>")
     version = _registry(tmp_path).get_model_version_by_alias("auditai-model", "certified")
     assert version.tags["auditai.verdict"] == "pass"
+    steps = _logged_steps(tmp_path, "audit")
+    assert set(steps) == {"map-latents", "discover-directions", "train-classifier", "verify-shard-0-of-2", "verify-shard-1-of-2", "verify", "report", "gate"}
+    assert steps["verify"] == "FINISHED" and all(status == "FINISHED" for status in steps.values())
 
 
 @pytest.mark.slow
@@ -63,6 +77,18 @@ def test_run_local_failing_audit_is_repaired_and_reaudited_but_not_promoted(tmp_
     candidate = json.loads(candidate_summary.read_text())
     assert candidate["models"]["head_sha256"] == record["candidate"]["weights_sha256"] != pipeline["models"]["head_sha256"]
     assert candidate["verdict"] == "fail" and "candidate:" in printed
+    # MLflow: the failing audit is logged although nothing is promoted, and the candidate's audit has a parent run of its own.
+    assert set(_logged_steps(tmp_path / "root", "audit")) == {
+        "map-latents",
+        "discover-directions",
+        "train-classifier",
+        "verify-shard-0-of-2",
+        "verify-shard-1-of-2",
+        "verify",
+        "report",
+        "finetune",
+    }
+    assert set(_logged_steps(tmp_path / "root", "audit candidate")) == {"verify-shard-0-of-2", "verify-shard-1-of-2", "verify", "report"}
     for gate_task in ("gate", "gate-2"):
         assert not list((tmp_path / "root").glob(f"auditai-audit-*/{gate_task}")), f"{gate_task} must not run without a passing audit"
     with pytest.raises(MlflowException):

@@ -47,6 +47,14 @@ def test_compiled_pipeline_fans_out_on_gpus_and_gates_on_the_verdict() -> None:
     assert list(spec["components"]["comp-condition-9"]["dag"]["tasks"]) == ["gate-2"]
     candidate_head = reaudit["merge-2"]["inputs"]["artifacts"]["head"]["componentInputArtifact"]
     assert candidate_head == "pipelinechannel--finetune-candidate", "the re-audit must read the candidate, not the original head"
+    # MLflow: every step nests under the parent run that begin-audit records; the candidate's audit under the one finetune records.
+    root = spec["root"]["dag"]["tasks"]
+    run = {"taskOutputArtifact": {"outputArtifactKey": "mlflow_run", "producerTask": "begin-audit"}}
+    for name in ("map-latents", "discover-directions", "train-classifier", "merge", "report"):
+        assert root[name]["inputs"]["artifacts"]["mlflow_run"] == run, name
+    shard_inputs = spec["components"]["comp-for-loop-2"]["dag"]["tasks"]["verify-shard"]["inputs"]["artifacts"]
+    assert shard_inputs["mlflow_run"] == {"componentInputArtifact": "pipelinechannel--begin-audit-mlflow_run"}
+    assert reaudit["merge-2"]["inputs"]["artifacts"]["mlflow_run"] == {"componentInputArtifact": "pipelinechannel--finetune-candidate"}
     kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name in executors:
         assert kubernetes[name]["configMapAsEnv"][0]["configMapName"] == "auditai-tracking", name
