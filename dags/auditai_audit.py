@@ -43,6 +43,11 @@ promotes it only when the audit passes.
 `plan_shards` → `verify_shard` × *shards* (dynamic task mapping) → `merge` → `report` → `gate` →
 `audit_passed` (short circuit on the verdict) → `promote`.
 
+**Repair** (`finetune.repair: true` in the config, as in `auditai run`): after a failing audit's
+gate, `repair` fine-tunes the head for the failing unit tests, re-audits the candidate into
+`repaired/` and, when it passes, registers it through the gate → `candidate_passed` (short
+circuit) → `promote_candidate`. Otherwise `repair` and what follows it are skipped.
+
 With a KFP host (param `kfp_host` or Variable `{KFP_HOST_VARIABLE}`), `submit_to_kfp` submits
 the Kubeflow pipeline instead and every local step is skipped.
 
@@ -293,6 +298,43 @@ def auditai_audit() -> None:
             raise AirflowException(f"promotion could not decide: {'; '.join(decision.reasons) or 'the alias was not set'}")
         return f"{decision.model_name} version {decision.version} -> {run['promote_to']}"
 
+    @task(execution_timeout=timedelta(hours=3))
+    def repair(run: dict[str, Any], verdicts: dict[str, Any], gated: dict[str, Any]) -> dict[str, Any] | None:
+        """A failing audit with finetune.repair: fine-tune, re-audit the candidate into repaired/, gate it if it passes (skipped otherwise)."""
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+        from auditai_ops.finetune.repair import REPAIRED_DIR, candidate_gate_config, repair_audit, repair_table
+        from auditai_ops.gate.decision import FAIL, render_decision
+        from auditai_ops.gate.step import gate_audit
+        from auditai_ops.layout import resolve_inputs
+        from auditai_ops.steps import audit_generator, config_from_text
+
+        config = config_from_text(run["config_yaml"])
+        if verdicts["verdict"] != "fail" or not config.finetune.repair:
+            raise AirflowSkipException(f"audit verdict {verdicts['verdict']}, finetune.repair {config.finetune.repair}: nothing to repair")
+        f, base = _folder(run), _base(run)
+        inputs = resolve_inputs(f, config.inputs, base)
+        with _bad_input_fails_fast(), _step(run, "finetune"):
+            outcome = repair_audit(config, audit_generator(config, inputs, base), inputs, f, base)
+        print(f"{outcome.finetune.describe()}\n\n{repair_table(outcome.rows)}")
+        if not outcome.passed:
+            print(f"the candidate does not pass ({outcome.finetune.message}): nothing to promote")
+            return None
+        with _bad_input_fails_fast():
+            decision = gate_audit(candidate_gate_config(config, outcome, inputs, f), f / REPAIRED_DIR, base)
+        print(render_decision(decision))
+        if decision.decision == FAIL:
+            raise AirflowFailException(f"the gate refused a repaired candidate that passed its audit: {'; '.join(decision.reasons)}")
+        if decision.exit_code != 0:  # the registry could not be reached, or the alias not set: worth a retry
+            raise AirflowException(f"the gate could not decide on the repaired candidate: {'; '.join(decision.reasons) or 'the alias was not set'}")
+        print(f"repaired candidate: {decision.model_name} version {decision.version} (the failing audit's version {gated['version']} stays refused)")
+        return {"model_name": decision.model_name, "version": decision.version}
+
+    @task.short_circuit(execution_timeout=timedelta(minutes=5))
+    def candidate_passed(repaired: dict[str, Any] | None) -> dict[str, Any] | bool:
+        """The repaired candidate's certified version for promote_candidate; False (skip) when no candidate passed."""
+        return {"model_name": repaired["model_name"], "version": repaired["version"]} if repaired else False
+
     run = prepare()
     runner = choose_runner(run)
     latents = map_latents(run)
@@ -308,6 +350,7 @@ def auditai_audit() -> None:
     gated = gate(run, verdicts)
     reported >> gated
     promote(run, audit_passed(verdicts, gated))
+    promote.override(task_id="promote_candidate")(run, candidate_passed(repair(run, verdicts, gated)))
 
 
 auditai_audit()

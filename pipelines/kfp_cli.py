@@ -28,8 +28,11 @@ def compile_pipeline(output: Path = PIPELINE_YAML, shards: int = DEFAULT_SHARDS,
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=output.parent, delete=False) as scratch:
         staging = Path(scratch.name)
-    compiler.Compiler().compile(build_pipeline(shards, accelerator), str(staging))
-    staging.replace(output)
+    try:
+        compiler.Compiler().compile(build_pipeline(shards, accelerator), str(staging))
+        staging.replace(output)
+    finally:
+        staging.unlink(missing_ok=True)  # a failed compile leaves nothing behind
     return output
 
 

@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from auditai_ops.allocator import keep_freed_memory
-from auditai_ops.config import AuditConfig, InputsConfig, TrackingConfig, load_config
+from auditai_ops.config import AuditConfig, InputsConfig, load_config
 from auditai_ops.errors import AuditInputError
 from auditai_ops.layout import DIRECTIONS_JSON, StepInputs, resolve_inputs
 from auditai_ops.steps import audit_generator, own_generator, with_device
@@ -253,7 +253,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _repair(config: AuditConfig, args: argparse.Namespace, inputs: StepInputs, base: Path | None) -> int:
     """`finetune.repair: true`: fine-tune on the failing specs, re-audit the candidate into <out>/repaired, compare; gate the candidate when it passes."""
-    from auditai_ops.finetune.repair import REPAIR_RECORD, REPAIRED_DIR, repair_audit, repair_table
+    from auditai_ops.finetune.repair import REPAIR_RECORD, REPAIRED_DIR, candidate_gate_config, repair_audit, repair_table
 
     out = Path(args.out)
     print("[auditai run] repair: certified fine-tuning on the failing unit tests ...", flush=True)
@@ -267,18 +267,9 @@ def _repair(config: AuditConfig, args: argparse.Namespace, inputs: StepInputs, b
     print(f"\nrepaired audit verdict: {outcome.after['verdict'].upper()}; certificates in {out / REPAIRED_DIR}, comparison in {out / REPAIR_RECORD}")
     if not outcome.passed:
         return EXIT_SPEC_FAILED
-    model_settings, candidate = outcome.finetune.audit_settings(config.model, inputs)
-    candidate_inputs = InputsConfig(**{name: str(Path(getattr(candidate, name)).resolve()) for name in ("vae", "latents", "directions", "head")})
-    repaired = config.model_copy(update={"model": model_settings, "inputs": candidate_inputs, "tracking": _same_store(config, out)})
+    repaired = candidate_gate_config(config, outcome, inputs, out)
+    _, candidate = outcome.finetune.audit_settings(config.model, inputs)
     return _gate_and_report(repaired, argparse.Namespace(**{**vars(args), "out": out / REPAIRED_DIR}), base, candidate, EXIT_OK)
-
-
-def _same_store(config: AuditConfig, out: Path) -> TrackingConfig:
-    """The tracking settings of the audit in `out`, made explicit, so a sub-folder's steps log to the same MLflow store."""
-    from auditai_ops.tracking.store import resolve_target
-
-    target = resolve_target(config.tracking, out)
-    return config.tracking.model_copy(update={"uri": target.tracking_uri, "artifact_location": target.artifact_location})
 
 
 def cmd_certificate_check(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from auditai_ops.config import AuditConfig
+from auditai_ops.config import AuditConfig, InputsConfig
 from auditai_ops.fileio import write_json
 from auditai_ops.finetune.step import FinetuneResult, finetune_model
 from auditai_ops.latent.generator import Generator
@@ -107,3 +107,18 @@ def repair_audit(config: AuditConfig, generator: Generator, inputs: StepInputs, 
         },
     )
     return outcome
+
+
+def candidate_gate_config(config: AuditConfig, outcome: RepairOutcome, inputs: StepInputs, out_dir: Path) -> AuditConfig:
+    """The config that gates the repaired candidate from `out_dir/repaired`: its model and inputs, and the audit's own MLflow store.
+
+    The tracking settings are made explicit (`resolve_target` of `out_dir`), so the gate of the
+    sub-folder logs to the same store and registry as the audit did.
+    """
+    from auditai_ops.tracking.store import resolve_target
+
+    model_settings, candidate = outcome.finetune.audit_settings(config.model, inputs)
+    candidate_inputs = InputsConfig(**{name: str(Path(getattr(candidate, name)).resolve()) for name in ("vae", "latents", "directions", "head")})
+    target = resolve_target(config.tracking, Path(out_dir))
+    tracking = config.tracking.model_copy(update={"uri": target.tracking_uri, "artifact_location": target.artifact_location})
+    return config.model_copy(update={"model": model_settings, "inputs": candidate_inputs, "tracking": tracking})

@@ -51,5 +51,8 @@ def test_audit_dag_maps_verification_over_shards_and_short_circuits_before_promo
     assert tasks["merge"]["upstream"] == ["prepare", "verify_shard"]
     assert tasks["audit_passed"]["operator"] == "_ShortCircuitDecoratedOperator"
     assert "audit_passed" in tasks["promote"]["upstream"]
+    assert tasks["repair"]["upstream"] == ["gate", "merge", "prepare"]  # after the failing audit's gate; skipped unless finetune.repair
+    assert tasks["candidate_passed"]["operator"] == "_ShortCircuitDecoratedOperator" and tasks["candidate_passed"]["upstream"] == ["repair"]
+    assert tasks["promote_candidate"]["upstream"] == ["candidate_passed", "prepare"]
     assert tasks["choose_runner"]["operator"] == "_BranchPythonDecoratedOperator"
     assert tasks["submit_to_kfp"]["upstream"] == ["choose_runner", "prepare"]

@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import yaml
 from airflow_harness import airflow_env, airflow_executable, call
+from finetune_synthetic import write_synthetic_audit
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SMALL_CONFIG = Path(__file__).parents[1] / "cli" / "small.yaml"
 MODEL = "auditai-dag-test"
+REPAIRED_MODEL = "auditai-dag-repair"
 # The failing audit reuses the passing run's latents, directions and head: these tasks are
 # marked successful instead of retraining them; verification and everything after it runs.
 REUSED_STEPS = "map_latents|discover_directions|train_classifier"
@@ -68,6 +70,24 @@ def failing_run(airflow_home: Path, registry: dict[str, Any], passing_run: dict[
     return {**call(airflow_env(airflow_home), "test", "auditai_audit", json.dumps(conf), REUSED_STEPS), "work": work}
 
 
+@pytest.fixture(scope="module")
+def repair_run(airflow_home: Path, registry: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`dag.test()` with finetune.repair on the synthetic audit (tests/finetune_synthetic.py): its spec fails, fine-tuning repairs it."""
+    folder = tmp_path_factory.mktemp("repair")
+    work = folder / "work"
+    write_synthetic_audit(work)  # latents, directions, VAE and a head that leans on x1: the first three steps are marked done
+    config = {
+        "tracking": registry["config"]["tracking"],
+        "verify": {"samples": 300, "batch_size": 512, "max_pieces": 16},
+        "finetune": {"repair": True, "epochs": 12, "ramp_epochs": 2, "pieces": 4, "batch_size": 256, "samples_per_epoch": None, "learning_rate": 0.02, "kappa_end": 0.5},
+        "unit_tests": [{"name": "x1_within_3", "direction": "x1", "range": {"low": -3, "high": 3, "units": "latent"}, "threshold": 0.9}],
+    }
+    path = folder / "repair.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    conf = {"config_path": str(path), "work_dir": str(work), "shards": 2, "model_name": REPAIRED_MODEL}
+    return {**call(airflow_env(airflow_home), "test", "auditai_audit", json.dumps(conf), REUSED_STEPS), "work": work}
+
+
 def test_airflow_dags_test_gives_the_verdicts_of_auditai_run_certifies_and_promotes(passing_run: dict[str, Any], small_run: Path, registry: dict[str, Any]) -> None:
     tasks = passing_run["tasks"]
     assert passing_run["run"] == "success" and tasks["submit_to_kfp"] == "skipped"
@@ -96,6 +116,29 @@ def test_a_failing_audit_is_registered_refused_and_promote_is_skipped_while_the_
     refused = client.get_model_version(MODEL, gate["version"])
     assert gate["decision"] == "FAIL" and refused.tags["auditai.gate"] == "FAIL"
     assert client.get_model_version_by_alias(MODEL, "production").version != refused.version
+
+
+def test_a_failing_audit_with_repair_promotes_the_certified_candidate_not_the_original(repair_run: dict[str, Any], registry: dict[str, Any]) -> None:
+    tasks = repair_run["tasks"]
+    assert repair_run["run"] == "success"
+    assert tasks["promote"] == "skipped" and tasks["gate"] == "success"
+    assert tasks["repair"] == tasks["candidate_passed"] == tasks["promote_candidate"] == "success", tasks
+    work = repair_run["work"]
+    assert json.loads((work / "summary.json").read_text())["verdict"] == "fail"
+    repaired = json.loads((work / "repaired" / "summary.json").read_text())
+    record = json.loads((work / "repair.json").read_text())
+    assert repaired["verdict"] == "pass" and record["verdict_before"] == "fail" and record["passed"] is True
+    client = _client(registry)
+    original = json.loads((work / "gate.json").read_text())
+    assert client.get_model_version(REPAIRED_MODEL, original["version"]).tags["auditai.gate"] == "FAIL"
+    production = client.get_model_version_by_alias(REPAIRED_MODEL, "production")
+    assert production.version != original["version"] and production.tags["auditai.gate"] == "PASS"
+    assert production.tags["auditai.weights.head_sha256"] == record["candidate_sha256"] != record["parent_sha256"]
+
+
+def test_without_repair_the_repair_tasks_are_skipped(failing_run: dict[str, Any]) -> None:
+    tasks = failing_run["tasks"]
+    assert tasks["repair"] == tasks["candidate_passed"] == tasks["promote_candidate"] == "skipped"
 
 
 def _deploy(airflow_home: Path, registry: dict[str, Any], version: str, on_refusal: str = "fail") -> dict[str, Any]:

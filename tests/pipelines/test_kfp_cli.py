@@ -64,6 +64,18 @@ def test_compiled_pipeline_fans_out_on_gpus_and_gates_on_the_verdict() -> None:
         assert kubernetes[name]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
 
 
+def test_a_failed_compile_leaves_no_file_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.kfp_cli as kfp_cli
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the pipeline does not build")
+
+    monkeypatch.setattr(kfp_cli, "build_pipeline", broken)
+    with pytest.raises(RuntimeError, match="does not build"):
+        compile_pipeline(tmp_path / "audit_pipeline.yaml")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_compile_for_cpu_has_no_gpu_request(tmp_path: Path) -> None:
     assert main(["kfp", "compile", "--output", str(tmp_path / "cpu.yaml"), "--accelerator", "none", "--shards", "3"]) == 0
     spec, platform = yaml.safe_load_all((tmp_path / "cpu.yaml").read_text())
