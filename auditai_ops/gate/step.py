@@ -193,22 +193,28 @@ def check_version(config: AuditConfig, out_dir: Path, model_name: str, version: 
         if chosen is None:
             missing = f"version {version}" if version is not None else f"alias '{alias}'"
             return GateDecision(CHECK, FAIL, model_name, shown, version, reasons=(f"{model_name} {missing}: not in the registry",))
-        checks, weights, digest = version_checks(client, target.tracking_uri, chosen)
-        reasons = _failed_reasons(checks)
-        return GateDecision(
-            CHECK,
-            PASS if not reasons else FAIL,
-            model_name,
-            shown,
-            str(chosen.version),
-            reasons=reasons,
-            checks=tuple(checks),
-            certificates_digest=digest,
-            weights=weights,
-            model_version_url=model_version_url(target.tracking_uri, model_name, str(chosen.version)),
-        )
+        return _version_decision(CHECK, client, target.tracking_uri, model_name, shown, chosen)
 
     return _with_time_limit(config.gate.timeout_seconds, work, refused)
+
+
+def _version_decision(action: str, client: Any, tracking_uri: str, name: str, alias: str, chosen: Any, run_id: str | None = None) -> GateDecision:
+    """PASS when every check of the registered version `chosen` (its own certificates and weights) passes, else FAIL with the reasons."""
+    checks, weights, digest = version_checks(client, tracking_uri, chosen)
+    reasons = _failed_reasons(checks)
+    return GateDecision(
+        action,
+        PASS if not reasons else FAIL,
+        name,
+        alias,
+        str(chosen.version),
+        reasons=reasons,
+        checks=tuple(checks),
+        certificates_digest=digest,
+        weights=weights,
+        run_id=run_id,
+        model_version_url=model_version_url(tracking_uri, name, str(chosen.version)),
+    )
 
 
 def _registered_version(client: Any, name: str, version: str | None, alias: str | None) -> Any | None:
@@ -260,23 +266,9 @@ def _promote(
     )
     run_id = run.info.run_id
     try:
-        checks, weights, digest = version_checks(client, target.tracking_uri, chosen)
-        reasons = _failed_reasons(checks)
-        decision = GateDecision(
-            "promote",
-            PASS if not reasons else FAIL,
-            name,
-            target_alias,
-            str(chosen.version),
-            reasons=reasons,
-            checks=tuple(checks),
-            certificates_digest=digest,
-            weights=weights,
-            run_id=run_id,
-            model_version_url=model_version_url(target.tracking_uri, name, str(chosen.version)),
-        )
+        decision = _version_decision("promote", client, target.tracking_uri, name, target_alias, chosen, run_id)
         client.set_model_version_tag(name, chosen.version, f"auditai.promote.{target_alias}", decision.decision)
-        client.set_model_version_tag(name, chosen.version, f"auditai.promote.{target_alias}.reasons", "; ".join(reasons)[:MAX_TAG_LENGTH] or "all checks passed")
+        client.set_model_version_tag(name, chosen.version, f"auditai.promote.{target_alias}.reasons", "; ".join(decision.reasons)[:MAX_TAG_LENGTH] or "all checks passed")
         _log_decision(client, run_id, decision)
         if decision.decision == PASS:
             deadline.check(f"setting alias '{target_alias}'")
