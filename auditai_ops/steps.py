@@ -122,9 +122,8 @@ def _parent_run(config: AuditConfig, mlflow_run_dir: Path | None) -> str | None:
 
 
 @contextmanager
-def _tracked(config: AuditConfig, out_dir: Path, step: str, mlflow_run_dir: Path | None) -> Iterator[None]:
-    """The step inside a nested MLflow run of the parent run recorded in `mlflow_run_dir` (see `begin_audit_step`); untracked without one."""
-    parent = _parent_run(config, mlflow_run_dir)
+def _tracked(config: AuditConfig, out_dir: Path, step: str, parent: str | None) -> Iterator[None]:
+    """The step inside a nested MLflow run of `parent` (from `_parent_run`); untracked without one."""
     if parent is None:
         yield
         return
@@ -149,7 +148,7 @@ def map_latents_step(config_yaml: str, latent_dir: Path, base_dir: Path | None =
     from auditai_ops.latent.mapping import map_latents
 
     config = config_from_text(config_yaml)
-    with _tracked(config, latent_dir, "map-latents", mlflow_run_dir):
+    with _tracked(config, latent_dir, "map-latents", _parent_run(config, mlflow_run_dir)):
         return map_latents(config.data, config.latent, Path(latent_dir), base_dir, own_generator(config, base_dir)).metrics
 
 
@@ -159,7 +158,7 @@ def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir:
 
     config = config_from_text(config_yaml)
     inputs = folder_inputs(latent_dir)
-    with _tracked(config, directions_dir, "discover-directions", mlflow_run_dir):
+    with _tracked(config, directions_dir, "discover-directions", _parent_run(config, mlflow_run_dir)):
         return sorted(discover_directions(config.directions, audit_generator(config, inputs, base_dir), inputs.latents, Path(directions_dir)))
 
 
@@ -168,7 +167,7 @@ def train_classifier_step(config_yaml: str, latent_dir: Path, head_dir: Path, ml
     from auditai_ops.classifier.head import train_classifier
 
     config = config_from_text(config_yaml)
-    with _tracked(config, head_dir, "train-classifier", mlflow_run_dir):
+    with _tracked(config, head_dir, "train-classifier", _parent_run(config, mlflow_run_dir)):
         return train_classifier(config.classifier, folder_inputs(latent_dir).latents, Path(head_dir)).metrics
 
 
@@ -191,7 +190,7 @@ def verify_shard_step(
     config = with_device(config_from_text(config_yaml), device)
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
     generator = audit_generator(config, inputs, base_dir)
-    with _tracked(config, shard_dir, f"verify-shard-{shard_index}-of-{shard_count}", mlflow_run_dir):
+    with _tracked(config, shard_dir, f"verify-shard-{shard_index}-of-{shard_count}", _parent_run(config, mlflow_run_dir)):
         return verify_shard(config.unit_tests, config.verify, config.model, generator, inputs, Shard(shard_index, shard_count), Path(shard_dir), base_dir)
 
 
@@ -211,7 +210,7 @@ def merge_step(
     config = config_from_text(config_yaml)
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
     generator = audit_generator(config, inputs, base_dir)
-    with _tracked(config, audit_dir, "verify", mlflow_run_dir):
+    with _tracked(config, audit_dir, "verify", _parent_run(config, mlflow_run_dir)):
         return merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, find_shard_files([Path(d) for d in shard_dirs]), Path(audit_dir), base_dir)
 
 
@@ -240,9 +239,10 @@ def finetune_step(
     inputs = folder_inputs(latent_dir, directions_dir, head_dir)
     generator = audit_generator(config, inputs, base_dir)
     candidate_dir = Path(candidate_dir)
+    parent = _parent_run(config, mlflow_run_dir)
     with tempfile.TemporaryDirectory(prefix="auditai-finetune-") as scratch:
         shutil.copyfile(Path(audit_dir) / SUMMARY_FILE, Path(scratch) / SUMMARY_FILE)  # the failing unit tests
-        with _tracked(config, candidate_dir / FINETUNE_DIR, "finetune", mlflow_run_dir):
+        with _tracked(config, candidate_dir / FINETUNE_DIR, "finetune", parent):
             result = finetune_model(config.finetune, config.unit_tests, config.verify, config.model, generator, inputs, Path(scratch), base_dir)
         (candidate_dir / FINETUNE_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(result.record_path, candidate_dir / FINETUNE_DIR / FINETUNE_RECORD)
@@ -251,8 +251,7 @@ def finetune_step(
             head = candidate_dir / CLASSIFIER_DIR / HEAD_FILE
             shutil.copyfile(result.candidate, head)
             shutil.copyfile(result.candidate.with_suffix(".json"), head.with_suffix(".json"))
-    tracked = _parent_run(config, mlflow_run_dir) is not None
-    candidate_run_id = begin_audit_step(config_yaml, candidate_dir, "audit candidate") if tracked and result.candidate is not None else ""
+    candidate_run_id = begin_audit_step(config_yaml, candidate_dir, "audit candidate") if parent is not None and result.candidate is not None else ""
     return {
         "status": result.status,
         "candidate": result.candidate is not None,
@@ -279,7 +278,7 @@ def report_step(config_yaml: str, latent_dir: Path, directions_dir: Path, head_d
     config = config_from_text(config_yaml)
     with tempfile.TemporaryDirectory(prefix="auditai-report-") as scratch:
         folder = assemble_audit_folder(Path(scratch), latent_dir, directions_dir, head_dir, audit_dir)
-        with _tracked(config, folder, "report", mlflow_run_dir):
+        with _tracked(config, folder, "report", _parent_run(config, mlflow_run_dir)):
             written = write_html_report(folder)
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(written, report_path)
@@ -297,9 +296,7 @@ def gate_step(
 
     config = config_from_text(config_yaml)
     folder = assemble_audit_folder(Path(gate_dir), latent_dir, directions_dir, head_dir, audit_dir)
-    if mlflow_run_dir is not None and (Path(mlflow_run_dir) / TRACKING_FILE).is_file():
-        shutil.copyfile(Path(mlflow_run_dir) / TRACKING_FILE, folder / TRACKING_FILE)
-    return gate_audit(config.model_copy(update={"inputs": InputsConfig()}), folder).as_dict()
+    return gate_audit(config.model_copy(update={"inputs": InputsConfig()}), folder, parent_run_id=_parent_run(config, mlflow_run_dir)).as_dict()
 
 
 def promote_step(config_yaml: str, model_name: str, version: str, target_alias: str, work_dir: Path) -> dict[str, Any]:

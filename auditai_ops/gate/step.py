@@ -69,8 +69,11 @@ def _log_decision(client: Any, run_id: str, decision: GateDecision) -> None:
     client.log_dict(run_id, decision.as_dict(), GATE_FILE)
 
 
-def gate_audit(config: AuditConfig, out_dir: Path, base_dir: Path | None = None) -> GateDecision:
-    """Register the audit in `out_dir` as a model version; set `gate.alias` only if every check passes. Writes `<out>/gate.json`."""
+def gate_audit(config: AuditConfig, out_dir: Path, base_dir: Path | None = None, parent_run_id: str | None = None) -> GateDecision:
+    """Register the audit in `out_dir` as a model version; set `gate.alias` only if every check passes. Writes `<out>/gate.json`.
+
+    The gate's MLflow run nests under `parent_run_id` when given, else under the audit's parent run as `audit_run` finds it.
+    """
     out_dir, settings = Path(out_dir), config.gate
     if not config.tracking.enabled:
         raise AuditInputError("gate: tracking.enabled is false, but the gate needs the MLflow model registry")
@@ -78,14 +81,16 @@ def gate_audit(config: AuditConfig, out_dir: Path, base_dir: Path | None = None)
     def refused(reason: str) -> GateDecision:
         return GateDecision("gate", ERROR, settings.model_name, settings.alias, reasons=(reason,))
 
-    decision = _with_time_limit(settings.timeout_seconds, lambda deadline: _gate(config, out_dir, base_dir, deadline, refused), refused)
+    decision = _with_time_limit(settings.timeout_seconds, lambda deadline: _gate(config, out_dir, base_dir, deadline, refused, parent_run_id), refused)
     write_json(out_dir / GATE_FILE, decision.as_dict())
     return decision
 
 
-def _gate(config: AuditConfig, out_dir: Path, base_dir: Path | None, deadline: Deadline, refused: Callable[[str], GateDecision]) -> GateDecision:
+def _gate(
+    config: AuditConfig, out_dir: Path, base_dir: Path | None, deadline: Deadline, refused: Callable[[str], GateDecision], parent_run_id: str | None
+) -> GateDecision:
     settings = config.gate
-    audit = audit_run(config.tracking, out_dir, params=audit_params(config, None))
+    audit = audit_run(config.tracking, out_dir, params=audit_params(config, None), parent_run_id=parent_run_id)
     client, uri = audit.client, audit.target.tracking_uri
     run_id = start_child_run(audit, "gate")
     log_params(client, run_id, flatten_params({"gate": settings.model_dump(mode="json")}))
@@ -134,24 +139,12 @@ def _register_and_check(config: AuditConfig, out_dir: Path, base_dir: Path | Non
         checks, _ = package_checks(registered, tuple(test.name for test in config.unit_tests))
     same_audit = version.tags.get("auditai.certificates_digest") == digest
     checks.append(Check("version carries this audit", same_audit, f"version {version.version} certificates digest {version.tags.get('auditai.certificates_digest')}"))
-    reasons = _failed_reasons(checks)
-    verdict = PASS if not reasons else FAIL
-    client.set_model_version_tag(name, version.version, GATE_TAG, verdict)
-    client.set_model_version_tag(name, version.version, "auditai.gate_reasons", "; ".join(reasons)[:MAX_TAG_LENGTH] or "all checks passed")
-    if verdict == FAIL and alias_version(client, name, alias) == str(version.version):
+    decision = _checked_decision("gate", checks, weights, digest, uri, name, alias, version)
+    client.set_model_version_tag(name, version.version, GATE_TAG, decision.decision)
+    client.set_model_version_tag(name, version.version, "auditai.gate_reasons", "; ".join(decision.reasons)[:MAX_TAG_LENGTH] or "all checks passed")
+    if decision.decision == FAIL and alias_version(client, name, alias) == str(version.version):
         client.delete_registered_model_alias(name, alias)
-    return GateDecision(
-        "gate",
-        verdict,
-        name,
-        alias,
-        str(version.version),
-        reasons=reasons,
-        checks=tuple(checks),
-        certificates_digest=digest,
-        weights=weights,
-        model_version_url=model_version_url(uri, name, str(version.version)),
-    )
+    return decision
 
 
 def _summary_verdict(package: Path) -> str:
@@ -199,21 +192,28 @@ def check_version(config: AuditConfig, out_dir: Path, model_name: str, version: 
 
 
 def _version_decision(action: str, client: Any, tracking_uri: str, name: str, alias: str, chosen: Any, run_id: str | None = None) -> GateDecision:
-    """PASS when every check of the registered version `chosen` (its own certificates and weights) passes, else FAIL with the reasons."""
+    """The decision on the registered version `chosen` from the checks of its own certificates and weights."""
     checks, weights, digest = version_checks(client, tracking_uri, chosen)
+    return _checked_decision(action, checks, weights, digest, tracking_uri, name, alias, chosen, run_id)
+
+
+def _checked_decision(
+    action: str, checks: list[Check], weights: dict[str, str], digest: str | None, tracking_uri: str, name: str, alias: str, version: Any, run_id: str | None = None
+) -> GateDecision:
+    """PASS when every check passes, else FAIL with the failed checks as reasons, for registered `version`."""
     reasons = _failed_reasons(checks)
     return GateDecision(
         action,
         PASS if not reasons else FAIL,
         name,
         alias,
-        str(chosen.version),
+        str(version.version),
         reasons=reasons,
         checks=tuple(checks),
         certificates_digest=digest,
         weights=weights,
         run_id=run_id,
-        model_version_url=model_version_url(tracking_uri, name, str(chosen.version)),
+        model_version_url=model_version_url(tracking_uri, name, str(version.version)),
     )
 
 

@@ -33,7 +33,7 @@ from auditai_ops.layout import StepInputs
 from auditai_ops.verify.audited_model import AuditedModel, build_audited_model
 from auditai_ops.verify.certificate import SIGNING_KEY_ENV, content_hash, signature, signing_key
 from auditai_ops.verify.engine import FALSIFIED, VERIFIED, Budget, Falsifier, LineVerifier, margins
-from auditai_ops.verify.resample import contradicted_samples
+from auditai_ops.verify.resample import TestLatents, contradicted_samples
 from auditai_ops.verify.stats import clopper_pearson_lower
 
 
@@ -172,8 +172,8 @@ def check_certificate(
     if all(c.passed for c in hash_checks):
         checks += _reverify(certificate, audited.network, directions, inputs)
         if sample_points is not None:
-            verified, contradicted = contradicted_samples(certificate, audited.network, directions, inputs.latents, sample_points)
-            detail = f"{verified} verified samples, {sample_points} points each: " + (
+            verified, used, contradicted = contradicted_samples(certificate, audited.network, directions, TestLatents.load(inputs.latents), sample_points)
+            detail = f"{verified} verified samples, {used} points each: " + (
                 "none leaves its target class" if contradicted == 0 else f"{contradicted} leave their target class at a sampled point: the proof is unsound"
             )
             checks.append(Check("dense sampling", contradicted == 0, detail))

@@ -41,34 +41,53 @@ def resample_certificates(
     """Dense-sample every verified sample of every certificate under `out_dir/certificates` (decoded in pixel mode)."""
     network = build_audited_model(model_settings, generator, inputs, base_dir).network
     directions = load_directions(inputs.directions)
+    latents = TestLatents.load(inputs.latents)
     results = []
     for path in sorted((Path(out_dir) / CERTIFICATES_DIR).glob("*.json")):
-        verified, contradicted = contradicted_samples(json.loads(path.read_text()), network, directions, inputs.latents, points, chunk)
-        results.append(ResampleResult(path.name, verified, points, contradicted))
+        verified, used, contradicted = contradicted_samples(json.loads(path.read_text()), network, directions, latents, points, chunk)
+        results.append(ResampleResult(path.name, verified, used, contradicted))
     return results
 
 
+@dataclass(frozen=True)
+class TestLatents:
+    """The test split's latents [N, D] and each sample id's row."""
+
+    path: Path
+    latents: torch.Tensor
+    row_of: dict[str, int]
+
+    @classmethod
+    def load(cls, path: Path) -> TestLatents:
+        with np.load(path, allow_pickle=False) as stored:
+            row_of = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}
+            return cls(Path(path), torch.from_numpy(stored["test_z"].astype(np.float32)), row_of)
+
+
 @torch.no_grad()
-def contradicted_samples(certificate: dict[str, Any], network: nn.Module, directions: dict[str, Direction], latents_path: Path, points: int, chunk: int = 64) -> tuple[int, int]:
-    """(verified samples, how many of them leave their target class at one of about `points` evenly spaced points of the certified box)."""
-    with np.load(latents_path, allow_pickle=False) as stored:
-        row_of = {sample_id: i for i, sample_id in enumerate(stored["test_ids"].tolist())}
-        latents = torch.from_numpy(stored["test_z"].astype(np.float32))
+def contradicted_samples(
+    certificate: dict[str, Any], network: nn.Module, directions: dict[str, Direction], latents: TestLatents, points: int, chunk: int = 64
+) -> tuple[int, int, int]:
+    """(verified samples, points per sample, how many samples leave their target class at one of the points).
+
+    The points are `points` evenly spaced t over the certified box, ends included; for k
+    directions a regular grid of round(points^(1/k)) (at least 2) values per axis.
+    """
     matrix = torch.from_numpy(np.stack([directions[d["name"]].vector for d in certificate["directions"]]))
     box = certificate["latent_box"]
     per_axis = max(2, round(points ** (1.0 / len(matrix)))) if len(matrix) > 1 else points
     axes = [torch.linspace(low, high, per_axis) for low, high in zip(box["low"], box["high"], strict=True)]
     offsets = torch.cartesian_prod(*axes).reshape(-1, len(matrix)) @ matrix
     verified = [s for s in certificate["samples"] if s["verdict"] == VERIFIED]
-    missing = [s["id"] for s in verified if s["id"] not in row_of]
+    missing = [s["id"] for s in verified if s["id"] not in latents.row_of]
     if missing:
-        raise AuditInputError(f"{latents_path}: {len(missing)} verified samples of the certificate are not among its test latents (first: {missing[0]})")
+        raise AuditInputError(f"{latents.path}: {len(missing)} verified samples of the certificate are not among its test latents (first: {missing[0]})")
     contradicted = 0
     for start in range(0, len(verified), chunk):
         batch = verified[start : start + chunk]
-        z = latents[[row_of[s["id"]] for s in batch]]
+        z = latents.latents[[latents.row_of[s["id"]] for s in batch]]
         points_z = (z[:, None, :] + offsets[None, :, :]).reshape(-1, z.shape[1])
         predictions = network(points_z).argmax(dim=-1).view(len(batch), -1)
         targets = torch.tensor([s["target"] for s in batch])
         contradicted += int((predictions != targets[:, None]).any(dim=1).sum())
-    return len(verified), contradicted
+    return len(verified), len(offsets), contradicted
