@@ -115,6 +115,7 @@ accounted for. Prove with a small positive margin, as the verifier does.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -125,6 +126,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditai_ops.layers import PerChannelNormalize, UnsupportedLayerError
+from auditai_ops.verify import mlp_kernels
 
 __all__ = [
     "AffineBounds",
@@ -1152,8 +1154,10 @@ _MAX_KINKS = 256
 """`_Kinks` keeps [boxes, M, M + 2] values; above this many unstable neurons back-substitution relaxes the layer instead."""
 
 
-def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs: _State, refine_below: float | None, minimum_only: bool) -> torch.Tensor:
+def _refine(low: torch.Tensor, back_substitute: mlp_kernels.BackSubstitute, refine_below: float | None, minimum_only: bool) -> torch.Tensor:
     """max(forward, back-substituted) lower bounds [N, S] on the rows that the options select (all rows by default).
+
+    back_substitute(boxes, rows): lower bounds of those rows by back-substitution (`_back_substitute`).
 
     With `minimum_only` or `refine_below`, two rounds: first, per box, the row (refine_below) or
     the two rows (minimum_only) with the lowest forward bounds; then every row whose forward
@@ -1164,8 +1168,8 @@ def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs:
     one is (refine_below); the other rows keep their forward bounds, sound and looser.
     """
     if refine_below is None and not minimum_only:
-        every = torch.arange(C.shape[1], device=low.device).expand(low.shape[0], -1)
-        return torch.maximum(low, _back_substitute(tape, C, pieces, inputs, None, every))
+        every = torch.arange(low.shape[1], device=low.device).expand(low.shape[0], -1)
+        return torch.maximum(low, back_substitute(None, every))
     threshold = float("inf") if refine_below is None else refine_below
     best = low.clone()
     # First round: the lowest row (refine_below), or the two lowest (minimum_only: usually both are needed).
@@ -1177,7 +1181,7 @@ def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs:
     boxes = None if bool(todo.all()) else todo.nonzero().squeeze(1)
     at = torch.arange(low.shape[0], device=low.device) if boxes is None else boxes
     row = first[at]
-    reached = torch.maximum(lowest[at], _back_substitute(tape, C, pieces, inputs, boxes, row))
+    reached = torch.maximum(lowest[at], back_substitute(boxes, row))
     best[at[:, None], row] = reached
     # Second round: rows whose forward bound is below the first round's smallest bound (minimum_only),
     # or at or below refine_below in boxes whose first row passed (refine_below).
@@ -1191,7 +1195,7 @@ def _refine(low: torch.Tensor, tape: Tape, C: torch.Tensor, pieces: int, inputs:
     second.scatter_(1, first, False)
     pair_boxes, pair_rows = second.nonzero(as_tuple=True)
     if len(pair_boxes):
-        bound = _back_substitute(tape, C, pieces, inputs, pair_boxes, pair_rows[:, None]).squeeze(1)
+        bound = back_substitute(pair_boxes, pair_rows[:, None]).squeeze(1)
         best[pair_boxes, pair_rows] = torch.maximum(low[pair_boxes, pair_rows], bound)
     return best
 
@@ -1405,6 +1409,7 @@ def margin_lower_bounds(
     refine_below: float | None = None,
     minimum_only: bool = False,
     max_boxes: int | None = None,
+    compiled: bool = True,
 ) -> torch.Tensor:
     """Lower bounds [B, S] of C[b] @ f(x_b(t)) over the boxes t_low <= t <= t_high, for C [B, S, n_out].
 
@@ -1423,6 +1428,8 @@ def margin_lower_bounds(
     per box, the row with the lowest forward bound, then, if it came out > refine_below, every
     other row at or below it. Proves (min > refine_below) exactly the boxes that
     back-substituting every row proves, usually at the cost of about one row per box.
+    compiled: with back_substitute, use `mlp_kernels` where they apply (a Linear-ReLU-Linear-ReLU-Linear
+    network along one direction, on the CPU): the same bounds, several times faster.
     """
     if C.dim() != 3 or C.shape[0] != input_bounds.batch:
         raise ValueError(f"C must have shape [B={input_bounds.batch}, S, n_out], got {tuple(C.shape)}")
@@ -1430,7 +1437,7 @@ def margin_lower_bounds(
     out = []
     itemsize = input_bounds.lower_bias.element_size()
     for part in _chunks(input_bounds.batch, _pieces_count(pieces, input_bounds.k), max_boxes, input_bounds.k, largest, itemsize):
-        bounds = _margin_lower_bounds(flat, _rows(input_bounds, part), C[part], t_low[part], t_high[part], pieces, interval, back_substitute, refine_below, minimum_only)
+        bounds = _margin_lower_bounds(flat, _rows(input_bounds, part), C[part], t_low[part], t_high[part], pieces, interval, back_substitute, refine_below, minimum_only, compiled)
         out.append(bounds)
     return torch.cat(out)
 
@@ -1446,6 +1453,7 @@ def _margin_lower_bounds(
     back_substitute: bool,
     refine_below: float | None,
     minimum_only: bool,
+    compiled: bool,
 ) -> torch.Tensor:
     grouping = _group_samples(C)
     runs = None
@@ -1454,12 +1462,16 @@ def _margin_lower_bounds(
         order, runs = grouping
         input_bounds, C, t_low, t_high = _rows(input_bounds, order), C[order], t_low[order], t_high[order]
     state, count = _prepare(flat, input_bounds, t_low, t_high, pieces)
-    tape: Tape | None = [] if back_substitute else None
-    inputs = state
-    state = _propagate(flat, state, interval, (C, count, runs), tape)
-    low, _ = _finish(state)
-    if tape is not None:
-        low = _refine(low, tape, C, count, inputs, refine_below, minimum_only)
+    if back_substitute and compiled and state.upper is None and mlp_kernels.applies(flat, state.lower, interval):
+        refine = functools.partial(_refine, refine_below=refine_below, minimum_only=minimum_only)
+        low = mlp_kernels.two_layer_margin_bounds(flat, state.lower, C, count, runs, refine)
+    else:
+        tape: Tape | None = [] if back_substitute else None
+        inputs = state
+        state = _propagate(flat, state, interval, (C, count, runs), tape)
+        low, _ = _finish(state)
+        if tape is not None:
+            low = _refine(low, functools.partial(_back_substitute, tape, C, count, inputs), refine_below, minimum_only)
     bounds = low.reshape(-1, count, C.shape[1]).amin(dim=1)
     if grouping is None:
         return bounds

@@ -398,13 +398,14 @@ def test_kinks_give_the_exact_minimum_where_crown_cannot(depth: int, sparse: boo
     inputs = affine_input(torch.zeros(1, 1), torch.ones(1, 1, 1))
     t_low, t_high = torch.tensor([[-1.0]]), torch.tensor([[2.0]])
     C = torch.ones(1, 1, 1)
-    exact = margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True)
-    assert exact.item() == pytest.approx(-0.5, abs=1e-6)
-    assert exact.item() <= -0.5
+    for compiled in (False, True):  # depth 2 with compiled: auditai_ops/verify/mlp_kernels.py
+        exact = margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True, compiled=compiled)
+        assert exact.item() == pytest.approx(-0.5, abs=1e-6)
+        assert exact.item() <= -0.5
     forward = margin_lower_bounds(model, inputs, C, t_low, t_high)
     assert forward.item() == pytest.approx(-1.5, abs=1e-5)
-    monkeypatch.setattr(lb, "_MAX_KINKS", -1)  # no exact ending: CROWN's relaxation of the first ReLU
-    assert margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True).item() == pytest.approx(-1.5, abs=1e-5)
+    monkeypatch.setattr(lb, "_MAX_KINKS", -1)  # no exact ending: CROWN's relaxation of the first ReLU (on the general path)
+    assert margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True, compiled=False).item() == pytest.approx(-1.5, abs=1e-5)
 
 
 def _exact_minimum(
@@ -474,7 +475,7 @@ def test_property_exact_first_layer(seed: int, hidden: list[int], leaky: bool, w
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(lb, "_SPARSE_GAP_DENSITY", density)
             patch.setattr(lb, "_MAX_KINKS", kinks)
-            return margin_lower_bounds(head, inputs, C, t_low, t_high, pieces=pieces, back_substitute=True, **options)  # type: ignore[arg-type]
+            return margin_lower_bounds(head, inputs, C, t_low, t_high, pieces=pieces, back_substitute=True, compiled=False, **options)  # type: ignore[arg-type]
 
     exact = bound(1.0 if sparse else 0.0, lb._MAX_KINKS)
     _assert_within(margins, exact, None, f"seed {seed}")
