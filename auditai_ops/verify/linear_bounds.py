@@ -22,7 +22,9 @@ API (all take the layers, the input's linear bounds and boxes t_low, t_high of s
   the minimum over them), `interval` (propagate an interval alongside and intersect),
   `back_substitute` (margins only: add a CROWN-style back-substitution of C, of only the rows
   that decide with `minimum_only` / `refine_below`), `max_boxes` (bound at most this many
-  sub-boxes at once, to cap memory).
+  sub-boxes at once, to cap memory), `compiled` (with back_substitute, on the CPU: networks
+  Linear-ReLU-Linear-ReLU-Linear along one direction go through the compiled kernels of
+  `auditai_ops.verify.mlp_kernels`, the same bounds several times faster; default on).
 
 Layers (exact types, as `auditai_ops.layers.SUPPORTED_LAYERS`; convolutions more generally than
 auto_LiRPA 0.3 takes them):

@@ -40,6 +40,7 @@ writable, each process compiles them again.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -230,23 +231,31 @@ def _kink_minima(owners, chosen, folded, bias, spec_of, lines, weight_t, mid, in
         out[q] = lowest - 4 * (found + 4) * eps * terms
 
 
-_POOL: list[ThreadPoolExecutor] = []
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+"""The worker threads, by process id: a forked child inherits the pool but not its threads."""
 _ONE_CALL_AT_A_TIME = threading.Lock()
 """Calls from several threads take turns: each uses all of torch's threads, and changes this thread's torch threads meanwhile."""
 
 
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """This process's worker threads (kept: starting threads per call costs milliseconds). They first run
+    torch while this module holds torch to one thread, so torch runs single-threaded in them too."""
+    pool = _POOLS.get(os.getpid())
+    if pool is None or pool._max_workers < workers:
+        _POOLS.clear()
+        pool = _POOLS[os.getpid()] = ThreadPoolExecutor(workers, thread_name_prefix="auditai-bounds")
+    return pool
+
+
 def _split(total: int, threads: int, part: Callable[[int, int], None]) -> None:
-    """part(start, stop) over 0..total in `threads` slices at once: one in this thread, the others on a pool
-    kept for the process (starting threads per call costs milliseconds). The kernels release the GIL."""
+    """part(start, stop) over 0..total in `threads` slices at once: one in this thread, the others on the pool.
+    The kernels release the GIL."""
     threads = max(1, min(threads, total // 64))
     if threads == 1:
         part(0, total)
         return
-    if not _POOL or _POOL[0]._max_workers < threads - 1:
-        # Workers run torch (the matrix product's slices) single-threaded too: see `two_layer_margin_bounds`.
-        _POOL[:] = [ThreadPoolExecutor(threads - 1, thread_name_prefix="auditai-bounds")]
     ends = np.linspace(0, total, threads + 1).astype(np.int64).tolist()
-    others = [_POOL[0].submit(part, ends[i], ends[i + 1]) for i in range(1, threads)]
+    others = [_pool(threads - 1).submit(part, ends[i], ends[i + 1]) for i in range(1, threads)]
     part(ends[0], ends[1])
     for done in others:
         done.result()

@@ -152,3 +152,13 @@ def test_torch_threads_are_restored_even_when_refinement_fails() -> None:
     with pytest.raises(ValueError, match="refinement failed"):
         mlp_kernels.two_layer_margin_bounds(flat, rows, C, 1, [(0, 100)], failing)
     assert torch.get_num_threads() == threads
+
+
+def test_a_forked_child_starts_its_own_worker_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fork copies the pool but not its threads: in a child (another process id) the pool is made anew, not waited on forever."""
+    parent = mlp_kernels._pool(1)
+    assert mlp_kernels._pool(1) is parent
+    monkeypatch.setattr(mlp_kernels.os, "getpid", lambda: -1)
+    child = mlp_kernels._pool(1)
+    assert child is not parent
+    assert child.submit(lambda: 42).result(timeout=10) == 42
