@@ -175,6 +175,15 @@ def _second_layer(mid, index, count, unstable, weight_abs_t, positive, negative,
             forward[b, m] = margin_centre - abs(margin_slope)
 
 
+@njit(nogil=True, fastmath={"reassoc", "contract"})
+def _negative_dot(x, y):  # type: ignore[no-untyped-def]
+    """min(x, 0) . y, as `_dot`."""
+    total = _ZERO
+    for i in range(x.shape[0]):
+        total += min(x[i], _ZERO) * y[i]
+    return total
+
+
 @_kernel
 def _kink_minima(owners, chosen, folded, bias, spec_of, lines, weight_t, mid, index, count, unstable, start, stop, out):  # type: ignore[no-untyped-def]
     """Rows start..stop: min over s in [-1, 1] of a . relu2(W2 h1(s) + b2) + a0 for the box b = owners[q] and
@@ -191,11 +200,9 @@ def _kink_minima(owners, chosen, folded, bias, spec_of, lines, weight_t, mid, in
         a = folded[spec_of[b], chosen[q]]
         s_lo, s_up, b_up = lines[b, 0], lines[b, 1], lines[b, 2]
         # a h2 >= a (s_lo x2) + a- ((s_up - s_lo) x2 + b_up): the lower line where a > 0, the upper where a < 0.
-        shift = _ZERO
         for o in range(features):
-            negative = min(a[o], _ZERO)
-            through[o] = a[o] * s_lo[o] + negative * (s_up[o] - s_lo[o])
-            shift += negative * b_up[o]
+            through[o] = a[o] * s_lo[o] + min(a[o], _ZERO) * (s_up[o] - s_lo[o])
+        shift = _negative_dot(a, b_up)
         # through . (W2 m(s) + b2) = centre + slope s, m the first ReLU's lines' midpoint (exact where stable).
         centre = np.float64(_dot(through, mid[b, 1])) + np.float64(shift) + np.float64(bias[spec_of[b], chosen[q]])
         slope = np.float64(_dot(through, mid[b, 0]))
