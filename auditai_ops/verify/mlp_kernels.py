@@ -15,7 +15,7 @@ Per box:
    [c - |r|, c + |r|]: lower slope 1 if c > 0 else 0; upper the chord lam (x - c + |r|),
    lam = (c + |r|) / (2 |r|), at the unstable neurons |c| < |r|; elsewhere both lines are the
    exact linear piece. Kept as their midpoint m(s) (dense rows) and half gap g(s) (at the
-   unstable neurons only, a list per box).
+   unstable neurons only, a list per box, in the order of their kinks s = -c / r).
 2. W2 m + b2: the one dense matrix product (torch).
 3. `_second_layer`: x2(s) lies between W2 m + b2 -/+ |W2| g (|W2| g: a sum over the unstable
    columns only). Its interval [low, high] gives the second ReLU's lines (as
@@ -78,14 +78,21 @@ _UNSTABLE_FIELDS = 6
 """Per unstable first-layer neuron: c, r, the lines' half gap (slope, centre) and midpoint (slope, centre)."""
 
 
+@njit(nogil=True)
+def _kink(c, r):  # type: ignore[no-untyped-def]
+    """Where relu(c + r s) bends, s = -c / r (r != 0), clamped to [-1, 1]; in float64, the same wherever it is used."""
+    return min(max(-np.float64(c) / np.float64(r), -1.0), 1.0)
+
+
 @_kernel
 def _first_layer(rows, weight_t, bias, start, stop, middle, index, count, unstable):  # type: ignore[no-untyped-def]
     """Boxes start..stop: x1(s) = c + r s = W1 x(s) + b1 for the input rows [N, 2, F0] (slope, centre), weight_t = W1^T;
-    the first ReLU's lines' midpoint rows middle [N, 2, F1] (slope, centre); its unstable neurons: positions
-    index [N, F1], number count [N], and `_UNSTABLE_FIELDS` values each, unstable [N, F1, 6]."""
+    the first ReLU's lines' midpoint rows middle [N, 2, F1] (slope, centre); its unstable neurons, in the order
+    of their kinks: positions index [N, F1], number count [N], and `_UNSTABLE_FIELDS` values each, unstable [N, F1, 6]."""
     hidden = weight_t.shape[1]
     c = np.empty(hidden, np.float32)
     r = np.empty(hidden, np.float32)
+    keys = np.empty(hidden)
     for b in range(start, stop):
         c[:] = bias
         r[:] = _ZERO
@@ -108,12 +115,21 @@ def _first_layer(rows, weight_t, bias, start, stop, middle, index, count, unstab
                 intercept = chord * (spread - c[i])
                 mid_slope[i] = (lower + chord) * r[i] * _HALF
                 mid_centre[i] = ((lower + chord) * c[i] + intercept) * _HALF
-                fields = unstable[b, found]
+                # Kept in the order of their kinks (insertion): `_kink_minima` walks them so, for every row.
+                key = _kink(c[i], r[i])
+                slot = found
+                while slot > 0 and keys[slot - 1] > key:
+                    keys[slot] = keys[slot - 1]
+                    index[b, slot] = index[b, slot - 1]
+                    unstable[b, slot] = unstable[b, slot - 1]
+                    slot -= 1
+                keys[slot] = key
+                index[b, slot] = i
+                fields = unstable[b, slot]
                 fields[0], fields[1] = c[i], r[i]
                 fields[2] = (chord - lower) * r[i] * _HALF
                 fields[3] = ((chord - lower) * c[i] + intercept) * _HALF
                 fields[4], fields[5] = mid_slope[i], mid_centre[i]
-                index[b, found] = i
                 found += 1
         count[b] = found
 
@@ -219,12 +235,12 @@ def _kink_minima(owners, chosen, folded, bias, spec_of, lines, weight_t, mid, in
             left = r_i if r_i < 0 else 0.0  # d/ds relu(c + r s) left of the kink
             value += v * hinge - m_centre + m_slope
             slope += v * left - m_slope
-            kinks[n] = min(max(-c_i / r_i, -1.0), 1.0)
+            kinks[n] = _kink(fields[0], fields[1])  # non-decreasing in n (`_first_layer`)
             jumps[n] = v * abs(r_i)
             terms += abs(v) * (hinge + 2 * abs(r_i) + 2 * abs(left)) + 2 * (abs(m_centre) + abs(m_slope))
         lowest = value
         position = -1.0
-        for n in np.argsort(kinks[:found]):
+        for n in range(found):
             step = slope * (kinks[n] - position)
             value += step
             terms += abs(step)
