@@ -309,9 +309,9 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
 
 
-def _round_down(bound: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float64 lower bounds in dtype, rounded down (not to nearest)."""
-    narrow = bound.to(dtype)
+def _round_down_to_float32(bound: torch.Tensor) -> torch.Tensor:
+    """float64 lower bounds in float32, rounded down (not to nearest)."""
+    narrow = bound.to(torch.float32)
     return torch.where(narrow.to(torch.float64) > bound, torch.nextafter(narrow, torch.full_like(narrow, -torch.inf)), narrow)
 
 
@@ -362,14 +362,14 @@ def _two_layer_bounds(
     folded_bias = spec_c @ final.bias if final.bias is not None else spec_c.new_zeros(spec_c.shape[:2])
     spec_of_array = spec_of.numpy()
 
-    middle = torch.empty(n, 2, hidden)
+    middle = torch.empty(n, 2, hidden, dtype=torch.float32)
     index = np.empty((n, hidden), np.int32)
     count = np.empty(n, np.int64)
     unstable = np.empty((n, hidden, _UNSTABLE_FIELDS), np.float32)
     first_bias = first.bias if first.bias is not None else first.weight.new_zeros(hidden)
     _run(_first_layer, n, threads, (_numpy(rows), _numpy(first.weight.T), _numpy(first_bias)), (middle.numpy(), index, count, unstable))
     mid_array = _linear_rows(middle, second, threads).numpy()  # W2 m + b2 [N, 2, F2]
-    forward = torch.empty(n, C.shape[1])
+    forward = torch.empty(n, C.shape[1], dtype=torch.float32)
     lines = np.empty((n, 3, out), np.float32)
     spec_inputs = (_numpy(folded.clamp(min=0)), _numpy(folded.clamp(max=0)), _numpy(folded_bias), spec_of_array)
     _run(_second_layer, n, threads, (mid_array, index, count, unstable, _numpy(second.weight.abs().T), *spec_inputs), (forward.numpy(), lines))
@@ -380,6 +380,6 @@ def _two_layer_bounds(
         bound = np.empty(chosen.numel())
         inputs = (_numpy(owners.reshape(-1)), _numpy(chosen.reshape(-1)), folded_array, bias_array, spec_of_array, lines, weight_t, mid_array, index, count, unstable)
         _run(_kink_minima, chosen.numel(), threads, inputs, (bound,))
-        return _round_down(torch.from_numpy(bound), torch.float32).reshape(chosen.shape)
+        return _round_down_to_float32(torch.from_numpy(bound)).reshape(chosen.shape)
 
     return forward, back_substitute
