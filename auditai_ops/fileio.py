@@ -18,6 +18,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from auditai_ops.errors import AuditInputError
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -48,6 +50,16 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, payload: Any) -> None:
     """Write indented, key-sorted JSON atomically."""
     write_text(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: Path, what: str, hint: str = "") -> Any:
+    """The JSON in `path`; a missing or malformed file is bad input: "{what} '{path}': file not found{hint}" / "not valid JSON"."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise AuditInputError(f"{what} '{path}': file not found{hint}") from None
+    except json.JSONDecodeError as error:
+        raise AuditInputError(f"{what} '{path}': not valid JSON ({error})") from None
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

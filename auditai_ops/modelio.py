@@ -7,7 +7,6 @@ metrics. Loading rebuilds the module from the JSON and loads the weights strictl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from auditai_ops.errors import AuditInputError
-from auditai_ops.fileio import atomic_path, sha256_state_dict, write_json
+from auditai_ops.fileio import atomic_path, read_json, sha256_state_dict, write_json
 
 SCHEMA_VERSION = 1
 
@@ -44,12 +43,7 @@ def save_module(module: nn.Module, path: Path, kind: str, architecture: dict[str
 def read_record(path: Path) -> dict[str, Any]:
     """The JSON record beside a saved module."""
     record_path = Path(path).with_suffix(".json")
-    try:
-        record = json.loads(record_path.read_text())
-    except FileNotFoundError:
-        raise AuditInputError(f"model record '{record_path}': file not found (run the step that creates it first)") from None
-    except json.JSONDecodeError as error:
-        raise AuditInputError(f"model record '{record_path}': not valid JSON ({error})") from None
+    record = read_json(record_path, "model record", " (run the step that creates it first)")
     if not isinstance(record, dict) or "kind" not in record or "architecture" not in record:
         raise AuditInputError(f"model record '{record_path}': expected keys 'kind' and 'architecture'")
     return record

@@ -20,7 +20,6 @@ the specs trained for and the settings. The candidate is never the parent's file
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ import torch
 from auditai_ops.config import FinetuneConfig, ModelConfig, UnitTestConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.errors import AuditInputError
-from auditai_ops.fileio import write_json
+from auditai_ops.fileio import read_json, write_json
 from auditai_ops.finetune.train import CertifiedTrainer, TrainingSpec
 from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import SUMMARY_FILE, StepInputs
@@ -110,12 +109,7 @@ class FinetuneResult:
 def failing_specs(out_dir: Path) -> tuple[str, ...]:
     """Names of the unit tests that `summary.json` in `out_dir` reports as failing."""
     path = Path(out_dir) / SUMMARY_FILE
-    try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AuditInputError(f"summary '{path}': file not found (run `auditai verify` first, or name the specs under finetune.specs)") from None
-    except json.JSONDecodeError as error:
-        raise AuditInputError(f"summary '{path}': not valid JSON ({error})") from None
+    summary = read_json(path, "summary", " (run `auditai verify` first, or name the specs under finetune.specs)")
     return tuple(row["name"] for row in summary.get("unit_tests", []) if row.get("verdict") == FAIL)
 
 

@@ -15,7 +15,6 @@ Checks, each reported with its reason:
 from __future__ import annotations
 
 import hmac
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from pydantic import ValidationError
 from auditai_ops.config import ModelConfig, VerifyConfig
 from auditai_ops.directions.discover import load_directions
 from auditai_ops.errors import AuditInputError
-from auditai_ops.fileio import canonical_json, sha256_bytes
+from auditai_ops.fileio import canonical_json, read_json, sha256_bytes
 from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import StepInputs
 from auditai_ops.verify.audited_model import AuditedModel, build_audited_model
@@ -45,12 +44,7 @@ class Check:
 
 
 def read_certificate(path: Path) -> dict[str, Any]:
-    try:
-        payload = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AuditInputError(f"certificate '{path}': file not found") from None
-    except json.JSONDecodeError as error:
-        raise AuditInputError(f"certificate '{path}': not valid JSON ({error})") from None
+    payload = read_json(path, "certificate")
     missing = {"kind", "content_sha256", "samples", "hashes", "latent_box", "directions", "settings", "aggregates"} - set(payload)
     if payload.get("kind") != "auditai.certificate" or missing:
         raise AuditInputError(f"certificate '{path}': not an auditai certificate (missing {sorted(missing) or ['kind']})")
