@@ -1071,8 +1071,7 @@ class _Kinks:
         # Recursive summation of n terms errs by at most n eps sum |terms|: bound every sum used, generously.
         terms = torch.bmm(a_u.abs_(), table[..., 3:]).squeeze(2) + start.abs() + centre.abs() + 2 * slope.abs() + steps.abs_().sum(dim=2)
         bound = lowest - 4 * (a_u.shape[2] + 4) * torch.finfo(wide).eps * terms
-        narrow = bound.to(stable.dtype)  # rounded down, not to nearest
-        return torch.where(narrow.to(wide) > bound, torch.nextafter(narrow, torch.full_like(narrow, -torch.inf)), narrow)
+        return mlp_kernels.round_down(bound, stable.dtype)
 
 
 def _pick(values: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor:

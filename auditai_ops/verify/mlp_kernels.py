@@ -309,10 +309,10 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
 
 
-def _round_down_to_float32(bound: torch.Tensor) -> torch.Tensor:
-    """float64 lower bounds in float32, rounded down (not to nearest)."""
-    narrow = bound.to(torch.float32)
-    return torch.where(narrow.to(torch.float64) > bound, torch.nextafter(narrow, torch.full_like(narrow, -torch.inf)), narrow)
+def round_down(bound: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 lower bounds in `dtype`, rounded down (not to nearest), so they stay lower bounds."""
+    narrow = bound.to(dtype)
+    return torch.where(narrow.to(bound.dtype) > bound, torch.nextafter(narrow, torch.full_like(narrow, -torch.inf)), narrow)
 
 
 def two_layer_margin_bounds(
@@ -380,6 +380,6 @@ def _two_layer_bounds(
         bound = np.empty(chosen.numel())
         inputs = (_numpy(owners.reshape(-1)), _numpy(chosen.reshape(-1)), folded_array, bias_array, spec_of_array, lines, weight_t, mid_array, index, count, unstable)
         _run(_kink_minima, chosen.numel(), threads, inputs, (bound,))
-        return _round_down_to_float32(torch.from_numpy(bound)).reshape(chosen.shape)
+        return round_down(torch.from_numpy(bound), torch.float32).reshape(chosen.shape)
 
     return forward, back_substitute

@@ -8,7 +8,6 @@ ever leaves the target class. A sound verifier gives zero.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from torch import nn
 from auditai_ops.config import ModelConfig
 from auditai_ops.directions.discover import Direction, load_directions
 from auditai_ops.errors import AuditInputError
+from auditai_ops.fileio import read_json
 from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import CERTIFICATES_DIR, StepInputs
 from auditai_ops.verify.audited_model import build_audited_model
@@ -44,7 +44,7 @@ def resample_certificates(
     latents = TestLatents.load(inputs.latents)
     results = []
     for path in sorted((Path(out_dir) / CERTIFICATES_DIR).glob("*.json")):
-        verified, used, contradicted = contradicted_samples(json.loads(path.read_text()), network, directions, latents, points, chunk)
+        verified, used, contradicted = contradicted_samples(read_json(path, "certificate"), network, directions, latents, points, chunk)
         results.append(ResampleResult(path.name, verified, used, contradicted))
     return results
 
