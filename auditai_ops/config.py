@@ -232,12 +232,14 @@ class TrackingConfig(_Section):
 
 
 class GateConfig(_Section):
-    """The model-registry gate: the registered model's name, the alias it sets, its time limit, and whether `auditai run` ends with it."""
+    """The model-registry gate: the registered model's name, the alias it sets, its time limit, whether `auditai run` ends with it, and whether certificates must be signed."""
 
     model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)] = "auditai-model"
     alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=100)] = "certified"
     timeout_seconds: Annotated[float, Field(gt=0.0)] = 600.0
     on_run: bool = True
+    require_signature: bool = False
+    """Refuse certificates without a valid HMAC signature for AUDITAI_SIGNING_KEY (and refuse to decide when the key is unset)."""
 
 
 class FinetuneConfig(_Section):
