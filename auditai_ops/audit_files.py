@@ -8,6 +8,7 @@ exact bytes of its summary and certificates by `audit_digest`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -18,6 +19,7 @@ from auditai_ops.fileio import canonical_json, sha256_bytes
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JSON_SUFFIX = ".json"
 PNG_SUFFIX = ".png"
+SUMMARY_NAME = "summary.json"
 
 
 def contained_path(root: Path, relative: object, field: str, suffix: str | None = None) -> Path:
@@ -68,6 +70,36 @@ def audit_digest(summary_file: Path, certificate_files: Mapping[str, Path]) -> s
     Two folders share it exactly when their summary and certificates are byte for byte the
     same: a decision recorded with it (gate.json, a registered version) speaks for those files only.
     """
-    return sha256_bytes(
-        canonical_json({"summary": file_sha256(summary_file), "certificates": {name: file_sha256(path) for name, path in sorted(certificate_files.items())}})
-    )
+    return sha256_bytes(canonical_json({"summary": file_sha256(summary_file), "certificates": {name: file_sha256(path) for name, path in sorted(certificate_files.items())}}))
+
+
+def read_summary(folder: Path) -> dict[str, object]:
+    """The audit folder's summary.json as a mapping with a list of named unit-test rows; anything else is bad input."""
+    path = contained_path(folder, SUMMARY_NAME, SUMMARY_NAME, JSON_SUFFIX)
+    try:
+        summary = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as error:
+        raise AuditInputError(f"summary '{path}': not valid JSON ({str(error).splitlines()[0][:200]})") from None
+    rows = summary.get("unit_tests") if isinstance(summary, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and isinstance(row.get("name"), str) for row in rows):
+        raise AuditInputError(f"summary '{path}': expected an object whose 'unit_tests' is a list of named rows")
+    return summary
+
+
+def audit_files(folder: Path) -> tuple[Path, dict[str, Path]]:
+    """summary.json and the certificate each of its rows names (contained in `folder`), by unit test name; rows without a certificate are left out."""
+    summary = read_summary(folder)
+    certificates, seen = {}, set()
+    for index, row in enumerate(summary["unit_tests"]):  # type: ignore[arg-type]
+        if row["name"] in seen:
+            raise AuditInputError(f"summary.json unit_tests[{index}].name: unit test '{row['name']}' appears twice")
+        seen.add(row["name"])
+        if row.get("certificate") is not None:
+            certificates[row["name"]] = contained_path(folder, row["certificate"], f"summary.json unit_tests[{index}].certificate", JSON_SUFFIX)
+    return contained_path(folder, SUMMARY_NAME, SUMMARY_NAME, JSON_SUFFIX), certificates
+
+
+def folder_audit_digest(folder: Path) -> str:
+    """The `audit_digest` of the summary and certificates in an audit folder (bad input when they cannot be read)."""
+    summary_file, certificates = audit_files(folder)
+    return audit_digest(summary_file, certificates)

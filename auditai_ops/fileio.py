@@ -1,7 +1,9 @@
 """Atomic file writes and content hashes.
 
 Every artifact is written to a temporary file in the destination folder and renamed into
-place, so a crash never leaves a half-written file behind.
+place, so a crash never leaves a half-written file behind. Files get the permissions of an
+ordinary `open()` (0666 less the process umask: 0644 by default), so that pods sharing a
+volume can read each other's artifacts.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,15 +22,33 @@ import torch
 
 from auditai_ops.errors import AuditInputError
 
+_TEMP_ATTEMPTS = 100
+
+
+def _create_temp(folder: Path, name: str) -> Path:
+    """A new, empty file `.<name>.<random>.tmp` in `folder`, created exclusively with mode 0666 less the umask.
+
+    Like tempfile.mkstemp (exclusive creation, never through a symlink), but mkstemp makes
+    0600 files; here the kernel applies the umask as for any open(), with no global umask read.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_TEMP_ATTEMPTS):
+        candidate = folder / f".{name}.{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(candidate, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"no free temporary file name for '{folder / name}' after {_TEMP_ATTEMPTS} attempts")
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it."""
+    """Yield a temporary path beside `path` (mode 0666 less the umask); on success rename it onto `path`, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temp(path.parent, path.name)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -20,19 +20,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from auditai_ops.config import AuditConfig, InputsConfig, VerifyConfig, load_config, parse_config
+from auditai_ops.config import AuditConfig, InputsConfig, VerifyConfig, load_config, parse_config, parse_yaml
 from auditai_ops.errors import AuditInputError
 from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import CLASSIFIER_DIR, DIRECTIONS_DIR, HEAD_FILE, LATENT_DIR, LATENTS_FILE, SHARDS_DIR, TRACKING_FILE, VAE_FILE, StepInputs, resolve_inputs
+from auditai_ops.preflight import DISCOVER_DIRECTIONS, MAP_LATENTS, TRAIN_CLASSIFIER, preflight
 
 
 def config_from_text(config_yaml: str) -> AuditConfig:
     """Validate a config given as YAML text (an empty text gives the embedded defaults)."""
-    try:
-        raw = yaml.safe_load(config_yaml)
-    except yaml.YAMLError as error:
-        raise AuditInputError(f"config_yaml: not valid YAML ({error})") from None
-    return parse_config(raw, source="config_yaml")
+    return parse_config(parse_yaml(config_yaml, "config_yaml"), source="config_yaml")
 
 
 def config_file_text(path: Path) -> str:
@@ -64,7 +61,7 @@ def registered_model_uri(model_name: str, version_or_alias: str) -> str:
 def override_config_text(config_yaml: str, overrides: dict[str, dict[str, Any]]) -> str:
     """The config text with fields replaced section by section (`{"model": {"classifier": ...}}`), validated like the file."""
     config_from_text(config_yaml)  # the original's own errors first: past this, it is a mapping of mappings
-    raw = yaml.safe_load(config_yaml) or {}
+    raw = parse_yaml(config_yaml, "config_yaml") or {}
     for section, fields in overrides.items():
         raw[section] = {**(raw.get(section) or {}), **fields}
     text = yaml.safe_dump(raw, sort_keys=False)
@@ -104,15 +101,6 @@ def audit_generator(config: AuditConfig, inputs: StepInputs, base_dir: Path | No
     return load_generator(config.generator, inputs.vae, base_dir)
 
 
-def own_generator(config: AuditConfig, base_dir: Path | None = None) -> Generator | None:
-    """A team's own generator for map-latents; None means: train the VAE."""
-    if config.generator.encoder is None:
-        return None
-    from auditai_ops.models.generator import load_generator
-
-    return load_generator(config.generator, Path(), base_dir)
-
-
 def _parent_run(config: AuditConfig, mlflow_run_dir: Path | None) -> str | None:
     """The parent run id that `begin_audit_step` recorded in `mlflow_run_dir`; None without one (or with tracking off)."""
     from auditai_ops.tracking.store import read_tracking_record
@@ -133,7 +121,7 @@ def _tracked(config: AuditConfig, out_dir: Path, step: str, parent: str | None) 
         yield
 
 
-def begin_audit_step(config_yaml: str, run_dir: Path, run_name: str = "audit") -> str:
+def begin_audit_step(config_yaml: str, run_dir: Path, run_name: str | None = None) -> str:
     """Start an audit's parent MLflow run (the whole config as params), recorded in `run_dir/tracking.json` for the later steps; its id ("" when tracking is off or failed)."""
     config = config_from_text(config_yaml)
     if not config.tracking.enabled:
@@ -148,8 +136,9 @@ def map_latents_step(config_yaml: str, latent_dir: Path, base_dir: Path | None =
     from auditai_ops.latent.mapping import map_latents
 
     config = config_from_text(config_yaml)
+    checked = preflight(config, base_dir, Path(latent_dir), (MAP_LATENTS,), folder_inputs(latent_dir), out_field="latent_dir")
     with _tracked(config, latent_dir, "map-latents", _parent_run(config, mlflow_run_dir)):
-        return map_latents(config.data, config.latent, Path(latent_dir), base_dir, own_generator(config, base_dir)).metrics
+        return map_latents(config.data, config.latent, Path(latent_dir), base_dir, checked.generator).metrics
 
 
 def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir: Path, base_dir: Path | None = None, mlflow_run_dir: Path | None = None) -> list[str]:
@@ -158,8 +147,10 @@ def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir:
 
     config = config_from_text(config_yaml)
     inputs = folder_inputs(latent_dir)
+    checked = preflight(config, base_dir, Path(directions_dir), (DISCOVER_DIRECTIONS,), inputs, out_field="directions_dir")
+    generator = checked.generator if checked.generator is not None else audit_generator(config, inputs, base_dir)
     with _tracked(config, directions_dir, "discover-directions", _parent_run(config, mlflow_run_dir)):
-        return sorted(discover_directions(config.directions, audit_generator(config, inputs, base_dir), inputs.latents, Path(directions_dir)))
+        return sorted(discover_directions(config.directions, generator, inputs.latents, Path(directions_dir)))
 
 
 def train_classifier_step(config_yaml: str, latent_dir: Path, head_dir: Path, mlflow_run_dir: Path | None = None) -> dict[str, float]:
@@ -167,8 +158,10 @@ def train_classifier_step(config_yaml: str, latent_dir: Path, head_dir: Path, ml
     from auditai_ops.classifier.head import train_classifier
 
     config = config_from_text(config_yaml)
+    inputs = folder_inputs(latent_dir)
+    preflight(config, None, Path(head_dir), (TRAIN_CLASSIFIER,), inputs, out_field="head_dir")
     with _tracked(config, head_dir, "train-classifier", _parent_run(config, mlflow_run_dir)):
-        return train_classifier(config.classifier, folder_inputs(latent_dir).latents, Path(head_dir)).metrics
+        return train_classifier(config.classifier, inputs.latents, Path(head_dir)).metrics
 
 
 def verify_shard_step(

@@ -4,6 +4,7 @@
     rt = runtime()
     rt.config_map.name, rt.config_map.keys     # 'auditai-tracking', ('MLFLOW_TRACKING_URI', ...)
     rt.secrets["s3"].name                       # 'auditai-s3'
+    rt.audit_config.path                        # '/etc/auditai/audit.yaml': the deployed audit config
     rt.gpu.node_selector, rt.gpu.tolerations    # for verification tasks
 
 A secret's keys are the environment variable names it provides (key == env name), so a step
@@ -51,11 +52,25 @@ class GpuScheduling:
 
 
 @dataclass(frozen=True)
+class AuditConfigMount:
+    """The deployed audit config: the ConfigMap holding it under `key`, mounted in `mount_path` (the file: `path`)."""
+
+    config_map: str
+    key: str
+    mount_path: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.mount_path.rstrip('/')}/{self.key}"
+
+
+@dataclass(frozen=True)
 class Runtime:
     namespace: str
     service_account: str
     config_map: EnvSource
     secrets: dict[str, EnvSource]
+    audit_config: AuditConfigMount
     per_run_env: tuple[str, ...]
     local_env: tuple[str, ...]
     third_party_env: dict[str, str]
@@ -95,11 +110,15 @@ def runtime() -> Runtime:
         if role not in secrets:
             raise ValueError(f"{RUNTIME_FILE}: secrets.{role}: missing")
     gpu = _field(raw, "gpu", dict, "")
+    audit_config = _field(raw, "audit_config", dict, "")
+    if set(audit_config) - {"config_map", "key", "mount_path"}:
+        raise ValueError(f"{RUNTIME_FILE}: audit_config: expected keys config_map, key and mount_path")
     return Runtime(
         namespace=_field(raw, "namespace", str, ""),
         service_account=_field(raw, "service_account", str, ""),
         config_map=_env_source(raw.get("config_map"), "config_map"),
         secrets={role: _env_source(entry, f"secrets.{role}") for role, entry in secrets.items()},
+        audit_config=AuditConfigMount(**{key: _field(audit_config, key, str, "audit_config.") for key in ("config_map", "key", "mount_path")}),
         per_run_env=tuple(_field(raw, "per_run_env", list, "")),
         local_env=tuple(_field(raw, "local_env", list, "")),
         third_party_env=dict(_field(raw, "third_party_env", dict, "")),

@@ -8,7 +8,15 @@ import pytest
 import yaml
 
 from auditai_ops.errors import AuditInputError
-from auditai_ops.steps import config_file_text, config_from_text, override_config_text, registered_model_uri
+from auditai_ops.steps import (
+    config_file_text,
+    config_from_text,
+    discover_directions_step,
+    map_latents_step,
+    override_config_text,
+    registered_model_uri,
+    train_classifier_step,
+)
 
 PIXEL_CONFIG = "model: {mode: pixel}\nverify: {samples: 7}\nunit_tests:\n  - {name: s, direction: slant, range: {low: -1, high: 1}}\n"
 
@@ -56,3 +64,16 @@ def test_config_file_text_is_the_validated_text_and_names_the_file(tmp_path: Pat
         config_file_text(bad)
     with pytest.raises(AuditInputError, match="cannot be read"):
         config_file_text(tmp_path / "missing.yaml")
+
+
+def test_pipeline_steps_check_their_inputs_before_training(small_run: Path, tmp_path: Path) -> None:
+    """map-latents refuses a missing dataset, discover-directions more PCA components than latent dimensions, before anything is written."""
+    with pytest.raises(AuditInputError, match="missing.npz': file not found"):
+        map_latents_step("data: {dataset: missing.npz}\n", tmp_path / "latent", base_dir=tmp_path)
+    assert not (tmp_path / "latent" / "latent").exists()
+    with pytest.raises(AuditInputError, match="directions.pca_components: 17 exceeds the latent dimension 16"):
+        discover_directions_step("directions: {pca_components: 17}\n", small_run, tmp_path / "directions")
+    assert not (tmp_path / "directions" / "directions").exists()
+    with pytest.raises(AuditInputError, match=r"latents '.*latents.npz': file not found \(run `auditai map-latents` first\)"):
+        train_classifier_step("", tmp_path / "empty", tmp_path / "head")
+    assert not (tmp_path / "head" / "classifier").exists()

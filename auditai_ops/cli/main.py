@@ -22,10 +22,12 @@ from types import ModuleType
 from typing import Any
 
 from auditai_ops.allocator import keep_freed_memory
-from auditai_ops.config import AuditConfig, InputsConfig, load_config
+from auditai_ops.config import AuditConfig, load_config
 from auditai_ops.errors import AuditInputError
+from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import DIRECTIONS_JSON, StepInputs, resolve_inputs
-from auditai_ops.steps import audit_generator, own_generator, with_device
+from auditai_ops.preflight import DISCOVER_DIRECTIONS, MAP_LATENTS, TRAIN_CLASSIFIER, VERIFY, Preflight, given_inputs, plan_run, preflight
+from auditai_ops.steps import audit_generator, with_device
 
 EXIT_OK, EXIT_SPEC_FAILED, EXIT_ERROR = 0, 1, 2
 DEFAULT_OUT = Path("auditai-out")
@@ -55,12 +57,24 @@ def _tracked(config: AuditConfig, args: argparse.Namespace, step: str) -> Iterat
         yield
 
 
+def _checked(config: AuditConfig, base: Path | None, args: argparse.Namespace, steps: tuple[str, ...]) -> tuple[StepInputs, Preflight]:
+    """The inputs of `steps`, checked before any of them runs (see auditai_ops.preflight)."""
+    inputs = resolve_inputs(args.out, config.inputs, base)
+    return inputs, preflight(config, base, args.out, steps, inputs, given_inputs(config, base))
+
+
+def _generator(config: AuditConfig, inputs: StepInputs, base: Path | None, checked: Preflight) -> Generator:
+    """The generator the preflight loaded, or the VAE that map-latents has written since."""
+    return checked.generator if checked.generator is not None else audit_generator(config, inputs, base)
+
+
 def cmd_map_latents(args: argparse.Namespace) -> int:
     from auditai_ops.latent.mapping import map_latents
 
     config, base = _config_and_base(args)
+    _, checked = _checked(config, base, args, (MAP_LATENTS,))
     with _tracked(config, args, "map-latents"):
-        artifacts = map_latents(config.data, config.latent, args.out, base, own_generator(config, base))
+        artifacts = map_latents(config.data, config.latent, args.out, base, checked.generator)
     _print_json({"vae": artifacts.vae_path, "latents": artifacts.latents_path, "reconstructions": artifacts.reconstruction_png, **artifacts.metrics})
     return EXIT_OK
 
@@ -70,9 +84,9 @@ def cmd_discover_directions(args: argparse.Namespace) -> int:
     from auditai_ops.layout import DIRECTIONS_DIR
 
     config, base = _config_and_base(args)
-    inputs = resolve_inputs(args.out, config.inputs, base)
+    inputs, checked = _checked(config, base, args, (DISCOVER_DIRECTIONS,))
     with _tracked(config, args, "discover-directions"):
-        directions = discover_directions(config.directions, audit_generator(config, inputs, base), inputs.latents, args.out)
+        directions = discover_directions(config.directions, _generator(config, inputs, base, checked), inputs.latents, args.out)
     record = json.loads((Path(args.out) / DIRECTIONS_DIR / DIRECTIONS_JSON).read_text())["directions"]
     for name, direction in directions.items():
         effect = record[name]["effect"]
@@ -87,18 +101,21 @@ def cmd_discover_directions(args: argparse.Namespace) -> int:
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from auditai_ops.classifier.head import train_classifier
 
-    config, inputs = _inputs(args)
+    config, base = _config_and_base(args)
+    inputs, _ = _checked(config, base, args, (TRAIN_CLASSIFIER,))
     with _tracked(config, args, "train-classifier"):
         artifacts = train_classifier(config.classifier, inputs.latents, args.out)
     _print_json({"head": artifacts.head_path, **artifacts.metrics})
     return EXIT_OK
 
 
-def _verify_and_report(config: AuditConfig, inputs: StepInputs, out: Path, base: Path | None) -> int:
+def _verify_and_report(config: AuditConfig, inputs: StepInputs, out: Path, base: Path | None, generator: Generator | None = None) -> int:
+    """Verify every unit test; the certificates record, by sha256, the artifacts the config's `inputs` hand in (reused from other runs)."""
     from auditai_ops.report.render import console_table
     from auditai_ops.verify.step import verify_audit
 
-    summary = verify_audit(config.unit_tests, config.verify, config.model, audit_generator(config, inputs, base), inputs, out, base)
+    generator = generator if generator is not None else audit_generator(config, inputs, base)
+    summary = verify_audit(config.unit_tests, config.verify, config.model, generator, inputs, out, base, reused=given_inputs(config, base))
     print(console_table(summary))
     print(f"\ncertificates, summary.json and junit.xml are in {out}")
     return _exit_code(summary)
@@ -131,7 +148,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     inputs = resolve_inputs(args.out, config.inputs, base)
     shard_files = find_shard_files(args.shards or [args.out])
     with _tracked(config, args, "verify"):  # the merged audit is logged as the verify step: summary, certificates, metrics
-        summary = merge_shards(config.unit_tests, config.verify, config.model, audit_generator(config, inputs, base), inputs, shard_files, args.out, base)
+        generator = audit_generator(config, inputs, base)
+        summary = merge_shards(config.unit_tests, config.verify, config.model, generator, inputs, shard_files, args.out, base, reused=given_inputs(config, base))
     print(console_table(summary))
     print(f"\nmerged {len(shard_files)} shards; certificates, summary.json and junit.xml are in {args.out}")
     return _exit_code(summary)
@@ -155,7 +173,7 @@ def _gate(config: AuditConfig, args: argparse.Namespace, base: Path | None) -> i
     from auditai_ops.gate.decision import render_decision
     from auditai_ops.gate.step import gate_audit
 
-    decision = gate_audit(config, args.out, base)
+    decision = gate_audit(config, args.out, base, config_file=args.config)
     print(render_decision(decision), flush=True)
     return decision.exit_code
 
@@ -204,34 +222,35 @@ def _begin_audit(config: AuditConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Every step into --out, after checking every input; the steps whose outputs the config's `inputs` hand in are skipped."""
     from auditai_ops.classifier.head import train_classifier
     from auditai_ops.directions.discover import discover_directions
     from auditai_ops.latent.mapping import map_latents
-    from auditai_ops.verify.engine import resolve_device
 
     args.config = args.config or args.config_file
     config, base = _config_and_base(args)
-    if not config.unit_tests:
-        raise AuditInputError("unit_tests: no unit tests are configured; add at least one under 'unit_tests'")
-    if config.inputs != InputsConfig():
-        raise AuditInputError("inputs: `auditai run` produces every artifact itself; give 'inputs' only to single steps")
-    resolve_device(config.verify.device)  # fail before training, not after it
-    inputs = resolve_inputs(args.out, config.inputs, base)
+    plan = plan_run(config, base)
+    inputs, checked = _checked(config, base, args, (*plan.steps, VERIFY))
+    print(f"[auditai run] inputs checked in {checked.seconds:.1f} s", flush=True)
+    for name, reused in plan.skipped.items():
+        print(f"[auditai run] {name} skipped: reusing " + ", ".join(f"inputs.{key} {path}" for key, path in reused.items()), flush=True)
+    if MAP_LATENTS in plan.steps and config.inputs.vae is not None:
+        print(f"[auditai run] map-latents encodes the dataset with inputs.vae {inputs.vae} (no VAE is trained)", flush=True)
     _begin_audit(config, args)
-    steps: list[tuple[str, Callable[[], object]]] = [
-        ("map-latents", lambda: map_latents(config.data, config.latent, args.out, base, own_generator(config, base))),
-        ("discover-directions", lambda: discover_directions(config.directions, audit_generator(config, inputs, base), inputs.latents, args.out)),
-        ("train-classifier", lambda: train_classifier(config.classifier, inputs.latents, args.out)),
-    ]
-    for name, step in steps:
+    actions: dict[str, Callable[[], object]] = {
+        MAP_LATENTS: lambda: map_latents(config.data, config.latent, args.out, base, checked.generator),
+        DISCOVER_DIRECTIONS: lambda: discover_directions(config.directions, _generator(config, inputs, base, checked), inputs.latents, args.out),
+        TRAIN_CLASSIFIER: lambda: train_classifier(config.classifier, inputs.latents, args.out),
+    }
+    for name in plan.steps:
         print(f"[auditai run] {name} ...", flush=True)
         started = time.perf_counter()
         with _tracked(config, args, name):
-            step()
+            actions[name]()
         print(f"[auditai run] {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     print("[auditai run] verify ...", flush=True)
     with _tracked(config, args, "verify"):
-        verified = _verify_and_report(config, inputs, args.out, base)
+        verified = _verify_and_report(config, inputs, args.out, base, _generator(config, inputs, base, checked))
     code = _gate_and_report(config, args, base, inputs, verified)
     if verified != EXIT_SPEC_FAILED or not config.finetune.repair:
         return code
@@ -281,7 +300,7 @@ def cmd_certificate_check(args: argparse.Namespace) -> int:
         inputs = replace(inputs, head=args.head)
     all_passed = True
     for path in args.certificates:
-        checks = check_certificate(path, config.model, audit_generator(config, inputs, base), inputs, base, args.sample)
+        checks = check_certificate(path, config, audit_generator(config, inputs, base), inputs, base, args.sample)
         passed = all(c.passed for c in checks)
         all_passed &= passed
         print(f"{path}: {'VALID' if passed else 'INVALID'}")
@@ -377,19 +396,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(out: object) -> None:
+    """--out names a folder, or a path that can become one: nothing on the way to it may be a file."""
+    if not isinstance(out, Path):
+        return
+    for candidate in (out, *out.parents):
+        if candidate.is_dir():
+            return
+        if candidate.exists() or candidate.is_symlink():
+            raise AuditInputError(f"--out '{out}': '{candidate}' exists and is not a folder; expected a folder, or a path where one can be made")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     keep_freed_memory()  # one process per step: see auditai_ops.allocator
     args = build_parser().parse_args(argv) if argv[:1] != ["kfp"] else None
     try:
-        return cmd_kfp(argv[1:]) if args is None else args.handler(args)
+        if args is None:
+            return cmd_kfp(argv[1:])
+        _check_out(getattr(args, "out", None))
+        return args.handler(args)
     except AuditInputError as error:
-        print(f"auditai: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).splitlines())  # the contract: one line
+        print(f"auditai: error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("auditai: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.filename is None:  # no file to name: keep the traceback
+            logging.getLogger("auditai").exception("internal error")
+            return EXIT_ERROR
+        # the file system refused (permissions, a full disk, a file where a folder should be): not a bug, and the file says what to fix
+        target = f"'{error.filename}'" + (f" -> '{error.filename2}'" if error.filename2 else "")
+        print(f"auditai: error: {target}: {error.strerror or type(error).__name__}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception:  # a bug, not bad input: keep the traceback, but never exit 1 ("spec failed")
         logging.getLogger("auditai").exception("internal error")
         return EXIT_ERROR

@@ -2,6 +2,7 @@
 
 Measuring attributes is a pure function of the image bytes, so results are cached under
 ``$AUDITAI_CACHE_DIR`` (default ``~/.cache/auditai-ops``) keyed by the sha256 of the images.
+An unreadable or ill-shaped cache entry counts as a miss.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import numpy as np
 
 from auditai_ops.data.attributes import ATTRIBUTE_NAMES, measure_attributes
 from auditai_ops.data.datasets import Split
+from auditai_ops.data.npz import open_npz
+from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_array, write_npz
 
 
@@ -24,9 +27,14 @@ def cached_measurements(images: np.ndarray) -> dict[str, np.ndarray]:
     """`measure_attributes(images)`, read from the cache when these exact images were measured before."""
     path = cache_dir() / "attributes" / f"{sha256_array(images)}.npz"
     if path.is_file():
-        with np.load(path, allow_pickle=False) as stored:
-            if set(stored.files) == set(ATTRIBUTE_NAMES):
-                return {name: stored[name] for name in ATTRIBUTE_NAMES}
+        try:
+            with open_npz(path, f"attribute cache '{path}'") as stored:
+                if stored.files == set(ATTRIBUTE_NAMES):
+                    cached = {name: stored.read(name) for name in ATTRIBUTE_NAMES}
+                    if all(values.shape == (len(images),) for values in cached.values()):
+                        return cached
+        except AuditInputError:  # a damaged cache entry is measured again and replaced
+            pass
     measured = measure_attributes(images)
     write_npz(path, measured)
     return measured

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from auditai_ops.config import MAX_IMAGE_SIDE  # the VAE's linear layers grow with H x W (VAEArchitecture.parameter_count)
+from auditai_ops.data.npz import open_npz
 from auditai_ops.errors import AuditInputError
 
 SPLITS = ("train", "valid", "test")
@@ -92,21 +94,29 @@ def load_mnist() -> Dataset:
     return Dataset("mnist", loaded["train"], loaded["valid"], loaded["test"], num_classes=10)
 
 
+MAX_CLASSES = 100_000
+"""The largest number of classes (labels 0 .. MAX_CLASSES - 1): the classifier's last layer has one output per class."""
+
+
 def _as_images(array: np.ndarray, where: str) -> np.ndarray:
     """Validate and normalise an image array to float32 (N, H, W) in [0, 1]."""
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 3:
         raise AuditInputError(f"{where}: expected images of shape (N, H, W) or (N, 1, H, W), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise AuditInputError(f"{where}: expected at least one image, got shape {array.shape}")
     if array.shape[1] < 8 or array.shape[2] < 8 or array.shape[1] % 4 or array.shape[2] % 4:
         raise AuditInputError(f"{where}: expected image height and width to be multiples of 4 and >= 8, got {array.shape[1:]}")
+    if array.shape[1] > MAX_IMAGE_SIDE or array.shape[2] > MAX_IMAGE_SIDE:
+        raise AuditInputError(f"{where}: expected image height and width <= {MAX_IMAGE_SIDE}, got {array.shape[1:]}")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if not np.issubdtype(array.dtype, np.floating):
         raise AuditInputError(f"{where}: expected uint8 or float images, got dtype {array.dtype}")
     images = array.astype(np.float32)
     if not np.isfinite(images).all():
-        raise AuditInputError(f"{where}: images contain NaN or infinite values")
+        raise AuditInputError(f"{where}: images contain NaN or infinite values (or values beyond float32)")
     if images.min() < 0.0 or images.max() > 1.0:
         raise AuditInputError(f"{where}: expected float images in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
     return images
@@ -119,7 +129,22 @@ def _as_labels(array: np.ndarray, count: int, where: str) -> np.ndarray:
         raise AuditInputError(f"{where}: expected integer labels, got dtype {array.dtype}")
     if count and array.min() < 0:
         raise AuditInputError(f"{where}: expected labels >= 0, got {array.min()}")
+    if count and array.max() >= MAX_CLASSES:
+        raise AuditInputError(f"{where}: expected labels < {MAX_CLASSES} (one classifier output per class), got {array.max()}")
     return array.astype(np.int64)
+
+
+def _as_attribute(array: np.ndarray, count: int, where: str) -> np.ndarray:
+    """An attribute column: one number per image (NaN where unmeasured), as float32."""
+    if array.shape != (count,):
+        raise AuditInputError(f"{where}: expected an attribute column of shape ({count},), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_):
+        raise AuditInputError(f"{where}: expected a numeric attribute column, got dtype {array.dtype}")
+    with np.errstate(over="ignore"):
+        values = array.astype(np.float32)
+    if np.isinf(values).any():
+        raise AuditInputError(f"{where}: attribute values must be finite float32 numbers (NaN marks an unmeasured one), got infinite values")
+    return values
 
 
 def _split_indices(count: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -135,19 +160,18 @@ def load_npz(path: Path) -> Dataset:
     Either per-split keys `train_images`, `train_labels`, `valid_*`, `test_*`, or one
     `images` (N, H, W) / `labels` (N,) pair that is split 80/10/10 deterministically.
     Optional attribute columns `attr_<name>` (or `<split>_attr_<name>`) replace measured ones.
+    Every array is read through `open_npz`: object arrays, damaged archives and absurd sizes are bad input.
     """
     where = f"dataset '{path}'"
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise AuditInputError(f"{where}: not a readable .npz file ({error})") from None
-    with archive:
-        keys = set(archive.files)
+    with open_npz(path, where) as archive:
+        keys = archive.files
         name = path.stem
         if {"images", "labels"} <= keys:
-            images = _as_images(archive["images"], f"{where} key 'images'")
-            labels = _as_labels(archive["labels"], images.shape[0], f"{where} key 'labels'")
-            attrs = {k.removeprefix("attr_"): np.asarray(archive[k], np.float32) for k in keys if k.startswith("attr_")}
+            images = _as_images(archive.read("images"), f"{where}: key 'images'")
+            if images.shape[0] < 3:
+                raise AuditInputError(f"{where}: key 'images': expected at least 3 images (one each for train, valid and test), got {images.shape[0]}")
+            labels = _as_labels(archive.read("labels"), images.shape[0], f"{where}: key 'labels'")
+            attrs = {k.removeprefix("attr_"): _as_attribute(archive.read(k), images.shape[0], f"{where}: key '{k}'") for k in sorted(keys) if k.startswith("attr_")}
             splits = {}
             for split, index in _split_indices(images.shape[0]).items():
                 ids = np.array([f"{name}:{i}" for i in index])
@@ -156,10 +180,10 @@ def load_npz(path: Path) -> Dataset:
         elif all(f"{s}_images" in keys and f"{s}_labels" in keys for s in SPLITS):
             splits = {}
             for split in SPLITS:
-                images = _as_images(archive[f"{split}_images"], f"{where} key '{split}_images'")
-                labels = _as_labels(archive[f"{split}_labels"], images.shape[0], f"{where} key '{split}_labels'")
+                images = _as_images(archive.read(f"{split}_images"), f"{where}: key '{split}_images'")
+                labels = _as_labels(archive.read(f"{split}_labels"), images.shape[0], f"{where}: key '{split}_labels'")
                 prefix = f"{split}_attr_"
-                attrs = {k.removeprefix(prefix): np.asarray(archive[k], np.float32) for k in keys if k.startswith(prefix)}
+                attrs = {k.removeprefix(prefix): _as_attribute(archive.read(k), images.shape[0], f"{where}: key '{k}'") for k in sorted(keys) if k.startswith(prefix)}
                 ids = np.array([f"{name}:{split}:{i}" for i in range(images.shape[0])])
                 splits[split] = Split(images, labels, ids, attrs or None)
         else:
@@ -167,10 +191,6 @@ def load_npz(path: Path) -> Dataset:
                 f"{where}: expected keys 'images' and 'labels', or 'train_images', 'train_labels', 'valid_images', "
                 f"'valid_labels', 'test_images', 'test_labels'; found {sorted(keys)}"
             )
-    for split in splits.values():
-        for attr, values in (split.attributes or {}).items():
-            if values.shape != (len(split),):
-                raise AuditInputError(f"{where}: attribute column '{attr}' has shape {values.shape}, expected ({len(split)},)")
     shapes = {s.images.shape[1:] for s in splits.values()}
     if len(shapes) != 1:
         raise AuditInputError(f"{where}: all splits must share one image size, got {sorted(shapes)}")
@@ -187,6 +207,8 @@ def load_image_folder(root: Path) -> Dataset:
     label_dirs = sorted({p.name for base in (split_roots or {"all": root}).values() for p in base.iterdir() if p.is_dir()})
     if not label_dirs:
         raise AuditInputError(f"{where}: expected one sub-folder per class label (or train/valid/test folders holding them)")
+    if len(label_dirs) > MAX_CLASSES:
+        raise AuditInputError(f"{where}: {len(label_dirs)} class folders, expected at most {MAX_CLASSES}")
     label_of = {name: i for i, name in enumerate(label_dirs)}
 
     def read(base: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -197,9 +219,11 @@ def load_image_folder(root: Path) -> Dataset:
                     continue
                 try:
                     with Image.open(file) as image:
+                        if max(image.size) > MAX_IMAGE_SIDE:
+                            raise AuditInputError(f"{where}: image '{file}' is {image.size[0]}x{image.size[1]}, expected height and width <= {MAX_IMAGE_SIDE}")
                         images.append(np.asarray(image.convert("L"), dtype=np.uint8))
-                except OSError as error:
-                    raise AuditInputError(f"{where}: cannot read image '{file}' ({error})") from None
+                except (OSError, ValueError, Image.DecompressionBombError) as error:
+                    raise AuditInputError(f"{where}: cannot read image '{file}' ({' '.join(str(error).split())})") from None
                 labels.append(label_of[label])
                 ids.append(str(file.relative_to(root)))
         if not images:
@@ -215,6 +239,8 @@ def load_image_folder(root: Path) -> Dataset:
             splits[split] = Split(images, labels, np.array(ids))
     else:
         images, labels, ids_list = read(root)
+        if len(labels) < 3:
+            raise AuditInputError(f"{where}: expected at least 3 images (one each for train, valid and test), found {len(labels)}")
         ids = np.array(ids_list)
         splits = {s: Split(images[i], labels[i], ids[i]) for s, i in _split_indices(len(labels)).items()}
     return Dataset(root.name, splits["train"], splits["valid"], splits["test"], num_classes=len(label_dirs))

@@ -30,6 +30,8 @@ class GateDecision:
     weights: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None
     model_version_url: str | None = None
+    audit_digest: str | None = None
+    """`audit_files.audit_digest` of the summary and certificates the decision was made on: a report shows the decision only beside those files."""
 
     @property
     def exit_code(self) -> int:

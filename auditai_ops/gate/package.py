@@ -3,9 +3,12 @@
 A package is a folder with `auditai_model.json` (the model and generator settings with paths
 relative to the folder, and the weight hashes the certificates claim), the model files
 exactly as audited (safetensors + json records, TorchScript, ONNX, factory weights), the
-certificates and `summary.json`. Nothing in it is pickled. `package_hashes` recomputes the
-weight hashes from a package with the same loaders the audit used, so a version's weights
-can be compared with its certificates after a round trip through the registry.
+certificates and `summary.json` at their places in the audit folder, and what the specs are
+re-derived from: the directions (`directions/`) and the test split of the latents
+(`latent/test-latents.npz`). Nothing in it is pickled. `package_hashes` recomputes the
+weight hashes from a package with the same loaders the audit used, and `package_digest` names
+every byte of it, so a version can be re-checked after a round trip through the registry
+without the folder it came from.
 """
 
 from __future__ import annotations
@@ -15,19 +18,23 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from auditai_ops.audit_files import audit_files, file_sha256
 from auditai_ops.config import AuditConfig, GeneratorConfig, ModelConfig
 from auditai_ops.errors import AuditInputError
-from auditai_ops.fileio import canonical_json, sha256_bytes, write_json
+from auditai_ops.fileio import canonical_json, sha256_bytes, write_json, write_npz
 from auditai_ops.layers import PerChannelNormalize
-from auditai_ops.layout import CERTIFICATES_DIR, SUMMARY_FILE, StepInputs, resolve_inputs
+from auditai_ops.layout import DIRECTIONS_DIR, DIRECTIONS_JSON, LATENT_DIR, SUMMARY_FILE, VECTORS_FILE, StepInputs, resolve_inputs
 from auditai_ops.models.source import ModelSource, parse_model_reference
 
 MANIFEST_FILE = "auditai_model.json"
 MANIFEST_KIND = "auditai.model_package"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+TEST_LATENTS_FILE = "test-latents.npz"
+TEST_SPLIT_KEYS = ("test_ids", "test_z", "test_labels")
 
 
 def certificates_digest(certificates: dict[str, str]) -> str:
@@ -78,6 +85,7 @@ def _copy_reference(source: ModelSource, package: Path, folder: str) -> tuple[st
 def build_package(config: AuditConfig, out_dir: Path, base_dir: Path | None, package: Path) -> dict[str, Any]:
     """Write the package of the audit in `out_dir` into the empty folder `package`; return its manifest."""
     out_dir, package = Path(out_dir), Path(package)
+    package.mkdir(parents=True, exist_ok=True)
     inputs = resolve_inputs(out_dir, config.inputs, base_dir)
     model = config.model.model_dump(mode="json")
     generator = config.generator.model_dump(mode="json")
@@ -95,15 +103,20 @@ def build_package(config: AuditConfig, out_dir: Path, base_dir: Path | None, pac
         model["classifier"], model["weights"] = _copy_reference(source, package, "classifier")
     else:
         files["head"] = _copy_record(inputs.head, package / "classifier")
-    summary = _read_json(out_dir / SUMMARY_FILE)
+    summary_file, certificate_files = audit_files(out_dir)
+    shutil.copy2(summary_file, package / SUMMARY_FILE)
     certificates: dict[str, str] = {}
-    if summary is not None:
-        shutil.copy2(out_dir / SUMMARY_FILE, package / SUMMARY_FILE)
-        for test in summary.get("unit_tests", []):
-            if test.get("certificate") and (out_dir / test["certificate"]).is_file():
-                (package / CERTIFICATES_DIR).mkdir(exist_ok=True)
-                shutil.copy2(out_dir / test["certificate"], package / CERTIFICATES_DIR / f"{test['name']}.json")
-                certificates[test["name"]] = f"{CERTIFICATES_DIR}/{test['name']}.json"
+    for name, path in certificate_files.items():
+        relative = path.relative_to(out_dir.resolve())
+        (package / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, package / relative)
+        certificates[name] = relative.as_posix()
+    (package / DIRECTIONS_DIR).mkdir()
+    for part in (DIRECTIONS_JSON, VECTORS_FILE):
+        if not (inputs.directions / part).is_file():
+            raise AuditInputError(f"gate: directions file '{inputs.directions / part}' not found")
+        shutil.copy2(inputs.directions / part, package / DIRECTIONS_DIR / part)
+    write_npz(package / LATENT_DIR / TEST_LATENTS_FILE, _test_split(inputs.latents))
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "kind": MANIFEST_KIND,
@@ -112,9 +125,26 @@ def build_package(config: AuditConfig, out_dir: Path, base_dir: Path | None, pac
         "files": files,
         "image_shape": image_shape,
         "certificates": certificates,
+        "directions": DIRECTIONS_DIR,
+        "latents": f"{LATENT_DIR}/{TEST_LATENTS_FILE}",
     }
     write_json(package / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _test_split(latents: Path) -> dict[str, np.ndarray]:
+    """The test split of a latents file: what the unit tests' samples are drawn from."""
+    try:
+        with np.load(latents, allow_pickle=False) as stored:
+            return {key: stored[key] for key in TEST_SPLIT_KEYS}
+    except (OSError, ValueError, KeyError) as error:
+        raise AuditInputError(f"gate: latents '{latents}': cannot read the test split ({error})") from None
+
+
+def package_digest(package: Path) -> str:
+    """sha256 over every file of the package (relative path and bytes): any change to a registered version shows."""
+    package = Path(package)
+    return sha256_bytes(canonical_json({f.relative_to(package).as_posix(): file_sha256(f) for f in sorted(package.rglob("*")) if f.is_file()}))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -140,12 +170,15 @@ def read_manifest(package: Path) -> dict[str, Any]:
     return manifest
 
 
-def _package_inputs(package: Path, manifest: dict[str, Any]) -> tuple[ModelConfig, GeneratorConfig, StepInputs]:
+def package_inputs(package: Path, manifest: dict[str, Any]) -> tuple[ModelConfig, GeneratorConfig, StepInputs]:
+    """The model and generator settings of a package, and its files as step inputs."""
     files = manifest["files"]
     missing = package / "absent"
-    inputs = StepInputs(
-        vae=package / files["vae"] if files.get("vae") else missing, latents=missing, directions=missing, head=package / files["head"] if files.get("head") else missing
-    )
+
+    def inside(relative: Any) -> Path:
+        return package / relative if isinstance(relative, str) and relative else missing
+
+    inputs = StepInputs(vae=inside(files.get("vae")), latents=inside(manifest.get("latents")), directions=inside(manifest.get("directions")), head=inside(files.get("head")))
     return ModelConfig.model_validate(manifest["model"]), GeneratorConfig.model_validate(manifest["generator"]), inputs
 
 
@@ -155,7 +188,7 @@ def package_hashes(package: Path) -> dict[str, str]:
     from auditai_ops.verify.audited_model import build_audited_model
 
     package = Path(package)
-    model, generator_settings, inputs = _package_inputs(package, read_manifest(package))
+    model, generator_settings, inputs = package_inputs(package, read_manifest(package))
     generator = load_generator(generator_settings, inputs.vae, package)
     return build_audited_model(model, generator, inputs, package).hashes
 
@@ -167,7 +200,7 @@ def load_packaged_classifier(package: Path) -> nn.Module:
     from auditai_ops.models.loading import load_model
 
     package = Path(package)
-    model, generator_settings, inputs = _package_inputs(package, read_manifest(package))
+    model, generator_settings, inputs = package_inputs(package, read_manifest(package))
     generator = load_generator(generator_settings, inputs.vae, package)
     if model.mode == "pixel" and model.classifier is not None:
         source = parse_model_reference(model.classifier, model.weights, model.factory_kwargs, package)

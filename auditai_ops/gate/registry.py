@@ -21,6 +21,10 @@ from auditai_ops.verify.certificate import package_version
 
 KEY_TAG = "auditai.audit_key"
 GATE_TAG = "auditai.gate"
+AUDIT_TAG = "auditai.audit_sha256"
+"""`audit_files.audit_digest` of the registered summary and certificates."""
+PACKAGE_TAG = "auditai.package_sha256"
+"""`package.package_digest` of the registered package: every file, as the gate registered it."""
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 MODEL_ARTIFACT_PATH = "model"
 ALIAS_ROUNDS = 6
@@ -37,9 +41,9 @@ class Deadline:
             raise TimeoutError(f"the gate's time limit ({self.seconds:g} s) ran out before {what}")
 
 
-def audit_key(weights: dict[str, str], certificates_sha256: str) -> str:
-    """The identity of one audit of one model: its weights digest and its certificates digest."""
-    return sha256_bytes(canonical_json({"weights": weights_digest(weights), "certificates": certificates_sha256}))
+def audit_key(weights: dict[str, str], audit_sha256: str) -> str:
+    """The identity of one audit of one model: its weights digest and the digest of its summary and certificates' bytes."""
+    return sha256_bytes(canonical_json({"weights": weights_digest(weights), "audit": audit_sha256}))
 
 
 def pip_requirements() -> list[str]:

@@ -29,6 +29,9 @@ from auditai_ops.modelio import load_module, save_module
 from auditai_ops.progress import progress as progress_bar
 from auditai_ops.report.images import save_grid_png
 
+MAX_BATCH_ACTIVATIONS = 2**30
+"""Most activations one VAE training batch may keep for the backward pass (4 GiB as float32, twice that with gradients)."""
+
 
 @dataclass(frozen=True)
 class LatentArtifacts:
@@ -107,6 +110,12 @@ def map_latents(data: DataConfig, settings: LatentConfig, out_dir: Path, base_di
     vae_path: Path | None = None
     if generator is None:
         arch = VAEArchitecture(height, width, settings.latent_dim, settings.channels)
+        activations = settings.batch_size * arch.activations_per_image()
+        if activations > MAX_BATCH_ACTIVATIONS:
+            raise AuditInputError(
+                f"latent.batch_size: {settings.batch_size} images of {height}x{width} with channels {list(settings.channels)} keep {activations:,} "
+                f"activations per batch, more than the limit of {MAX_BATCH_ACTIVATIONS:,}; lower latent.batch_size or latent.channels"
+            )
         if len(train) < settings.batch_size:
             raise AuditInputError(f"latent.batch_size: {settings.batch_size} is larger than the training split ({len(train)} images)")
         vae = train_vae(train.images, arch, settings)

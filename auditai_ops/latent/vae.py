@@ -13,17 +13,54 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from auditai_ops.errors import AuditInputError
 from auditai_ops.layers import ViewAs
+
+MAX_VAE_WEIGHTS = 250_000_000
+"""Most weights of a VAE (1 GB as float32, about 4 GB while Adam trains it); the MNIST default has 0.3 M."""
+
+
+class VAEArchitectureError(AuditInputError, ValueError):
+    """An architecture that cannot or should not be built: bad input from the config, or (a ValueError) from a model record."""
 
 
 @dataclass(frozen=True)
 class VAEArchitecture:
-    """Everything needed to rebuild the modules before loading weights (no pickle)."""
+    """Everything needed to rebuild the modules before loading weights (no pickle).
+
+    Checked when made: positive sizes, and at most MAX_VAE_WEIGHTS weights, since the linear
+    layers hold channels[1] x (H/4) x (W/4) x latent_dim weights each.
+    """
 
     image_height: int = 28
     image_width: int = 28
     latent_dim: int = 16
     channels: tuple[int, int] = (32, 64)
+
+    def __post_init__(self) -> None:
+        sizes = (self.image_height, self.image_width, self.latent_dim, *self.channels)
+        if len(self.channels) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+            raise VAEArchitectureError(f"a VAE needs positive integer sizes, got {self.as_dict()}")
+        weights = self.parameter_count()
+        if weights > MAX_VAE_WEIGHTS:
+            raise VAEArchitectureError(
+                f"a VAE for {self.image_height}x{self.image_width} images with latent_dim {self.latent_dim} and channels {list(self.channels)} "
+                f"has {weights:,} weights, more than the limit of {MAX_VAE_WEIGHTS:,}; lower latent.latent_dim or latent.channels"
+            )
+
+    def parameter_count(self) -> int:
+        """The number of weights of `VAE(self)`, computed without building it."""
+        c1, c2 = self.channels
+        features = c2 * (self.image_height // 4) * (self.image_width // 4)
+        convolutions = (16 * c1 + c1) + (16 * c1 * c2 + c2)
+        encoder = convolutions + 2 * (features * self.latent_dim + self.latent_dim)
+        decoder = (self.latent_dim * features + features) + (16 * c2 * c1 + c1) + (16 * c1 + 1)
+        return encoder + decoder
+
+    def activations_per_image(self) -> int:
+        """Floats that one image's forward pass keeps for the backward pass (the two feature maps and the linear features), per half."""
+        c1, c2 = self.channels
+        return c1 * (self.image_height // 2) * (self.image_width // 2) + c2 * (self.image_height // 4) * (self.image_width // 4)
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)

@@ -2,7 +2,10 @@
 
 Rendering is kept apart from verification: both functions read only the summary payload.
 In JUnit, a failed spec is a <failure>, a unit test that could not run is an <error>, and
-the figures go into <properties>.
+the figures go into <properties>. Of the falsified samples, `misclassified_at_t0` counts those
+the model already gets wrong at t = 0 (a clean error, not caused by the direction) and
+`flipped` those it gets right at t = 0 and flips along the direction; rows written before
+these counts existed (or error rows) show "-".
 """
 
 from __future__ import annotations
@@ -11,6 +14,36 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 FIGURES = ("certified_accuracy", "certified_accuracy_lower_bound", "falsified_fraction", "unknown_fraction", "clean_accuracy", "threshold", "samples")
+COUNTS = ("misclassified_at_t0", "flipped")
+"""Per unit test: falsified samples the model gets wrong at t = 0 already, and samples flipped along the direction."""
+
+
+def count_text(value: Any) -> str:
+    """An integer count as written, "-" when the row lacks it (older summaries, error rows)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _below(value: float, bound: float) -> str:
+    """`value` with 3 decimals, or as many more as it takes to print a number below `bound` (0.98999 under 0.99 is not "0.990")."""
+    for digits in range(3, 10):
+        text = f"{value:.{digits}f}"
+        if float(text) < bound:
+            break
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def unreachable_threshold_notes(summary: dict[str, Any]) -> list[str]:
+    """One note per unit test whose threshold is above its clean accuracy: no certified accuracy (or lower bound on it) can reach it."""
+    notes = []
+    for test in summary["unit_tests"]:
+        threshold, clean = test.get("threshold"), test.get("clean_accuracy")
+        if _is_number(threshold) and _is_number(clean) and threshold > clean:
+            notes.append(f"note: {test['name']}: threshold {threshold:g} is above the clean accuracy {_below(clean, threshold)}: no model can reach it on these samples")
+    return notes
 
 
 def range_text(test: dict[str, Any]) -> str:
@@ -40,6 +73,8 @@ def junit_xml(summary: dict[str, Any]) -> str:
         for key in FIGURES:
             if test.get(key) is not None:
                 ET.SubElement(properties, "property", name=key, value=f"{test[key]:g}" if isinstance(test[key], float) else str(test[key]))
+        for key in COUNTS:
+            ET.SubElement(properties, "property", name=key, value=count_text(test.get(key)))
         ET.SubElement(properties, "property", name="range", value=range_text(test))
         if test.get("certificate"):
             ET.SubElement(properties, "property", name="certificate", value=test["certificate"])
@@ -57,12 +92,13 @@ def junit_xml(summary: dict[str, Any]) -> str:
 
 
 def console_table(summary: dict[str, Any]) -> str:
-    """A fixed-width table of the unit tests and the overall verdict."""
-    header = ("unit test", "direction", "range", "certified", "falsified", "unknown", "clean", "threshold", "time", "verdict")
+    """A fixed-width table of the unit tests and the overall verdict, with a note under it for each threshold above its clean accuracy."""
+    header = ("unit test", "direction", "range", "certified", "falsified", "misclassified at t=0", "flipped", "unknown", "clean", "threshold", "time", "verdict")
     rows = [header]
     for test in summary["unit_tests"]:
+        counts = tuple(count_text(test.get(key)) for key in COUNTS)
         if test["verdict"] == "error":
-            rows.append((test["name"], test["direction"], range_text(test), "-", "-", "-", "-", f"{test['threshold']:.2f}", "-", "ERROR"))
+            rows.append((test["name"], test["direction"], range_text(test), "-", "-", *counts, "-", "-", f"{test['threshold']:.2f}", "-", "ERROR"))
             continue
         rows.append(
             (
@@ -71,6 +107,7 @@ def console_table(summary: dict[str, Any]) -> str:
                 range_text(test),
                 f"{test['certified_accuracy']:.3f}",
                 f"{test['falsified_fraction']:.3f}",
+                *counts,
                 f"{test['unknown_fraction']:.3f}",
                 f"{test['clean_accuracy']:.3f}",
                 f"{test['threshold']:.2f}",
@@ -81,5 +118,8 @@ def console_table(summary: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    notes = unreachable_threshold_notes(summary)
+    if notes:
+        lines += ["", *notes]
     lines.append(f"\naudit verdict: {summary['verdict'].upper()} ({sum(t['verdict'] == 'pass' for t in summary['unit_tests'])}/{len(summary['unit_tests'])} unit tests pass)")
     return "\n".join(lines)

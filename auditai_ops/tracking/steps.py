@@ -29,6 +29,7 @@ from auditai_ops.layout import (
     REPORT_FILE,
     SUMMARY_FILE,
 )
+from auditai_ops.tracking.description import audit_note_markdown
 from auditai_ops.tracking.store import AuditRun, audit_run, flatten_params, log_metrics, log_params, start_child_run
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ STEP_SECTIONS = {
     "gate": ("gate",),
 }
 SUMMARY_METRICS = ("certified_accuracy", "certified_accuracy_lower_bound", "falsified_fraction", "unknown_fraction", "clean_accuracy")
+NOTE_TAG = "mlflow.note.content"
+"""The run's description in the MLflow UI (markdown)."""
+MAX_NOTE_LENGTH = 8000
+"""MLflow's limit on a run tag's value."""
 CURVE_STEPS = 100
 """Curve points are logged at step = round(100 * fraction of the range), so step 100 is the unit test's own range."""
 
@@ -117,6 +122,7 @@ def log_step_outputs(audit: AuditRun, run_id: str, step: str, out_dir: Path) -> 
         if summary is None:
             return
         metrics, curves, tags = verify_outputs(summary)
+        tags[NOTE_TAG] = audit_note_markdown(summary, MAX_NOTE_LENGTH)
         for target in (run_id, audit.run_id):
             log_metrics(client, target, metrics, curves)
             for key, value in tags.items():
@@ -135,9 +141,24 @@ class StepTracking:
         self.audit, self.run_id = audit, run_id
 
 
-def _audit_name(config_file: Path | None) -> str:
-    """The parent run's name: 'audit <config file stem>'."""
-    return f"audit {Path(config_file).stem}" if config_file else "audit"
+DEFAULTS_RUN_NAME = "audit defaults"
+"""The parent run's name when no config file is given (the embedded defaults)."""
+
+
+def audit_run_name(config_file: Path | str | None) -> str:
+    """The parent run's name: 'audit <config file stem>' (examples/mnist/audit-failing.yaml: 'audit audit-failing').
+
+    A file named just 'audit' is named by its folder instead (examples/mnist/audit.yaml: 'audit mnist', not 'audit audit');
+    no file: 'audit defaults'.
+    """
+    if not config_file:
+        return DEFAULTS_RUN_NAME
+    path = Path(config_file)
+    stem = path.stem
+    if stem.lower() == "audit":
+        folder = path.resolve().parent.name
+        stem = folder if folder and folder.lower() != "audit" else stem
+    return f"audit {stem}"
 
 
 def _warn(step: str, error: BaseException) -> None:
@@ -156,7 +177,7 @@ def track_step(
     tracking = StepTracking(None, None)
     if settings.enabled:
         try:
-            audit = audit_run(settings, out_dir, run_name=_audit_name(config_file), params=audit_params(config, config_file), parent_run_id=parent_run_id)
+            audit = audit_run(settings, out_dir, run_name=audit_run_name(config_file), params=audit_params(config, config_file), parent_run_id=parent_run_id)
             run_id = start_child_run(audit, step)
             dumped = config.model_dump(mode="json")
             log_params(audit.client, run_id, flatten_params({section: dumped[section] for section in STEP_SECTIONS.get(step, ())}))
@@ -185,7 +206,7 @@ def begin_audit(config: AuditConfig, out_dir: Path, config_file: Path | None = N
     Returns its id; None when that failed (a warning: tracking must not take the audit down).
     """
     try:
-        name = run_name or _audit_name(config_file)
+        name = run_name or audit_run_name(config_file)
         return audit_run(config.tracking, Path(out_dir), new=True, run_name=name, params=audit_params(config, config_file)).run_id
     except Exception as error:  # as in track_step: tracking must not take the audit down
         _warn("run", error)

@@ -6,6 +6,11 @@ run needs no server. One audit is one parent run. Its id is kept in `<out>/track
 (with the tracking URI and experiment), so steps that run as separate processes or
 containers on the same folder nest under it; $AUDITAI_MLFLOW_PARENT_RUN_ID names it
 explicitly (an orchestrator passes it to pods that do not share the folder).
+
+An http(s) tracking URI is probed before use (about 10 s at most), so a server that does
+not answer is one clear error instead of MLflow's own retries (about 4 minutes per call).
+The experiment carries `mlflow.experimentKind: custom_model_development`, MLflow 3's mark
+of a model-training (not GenAI) experiment.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import math
 import os
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +35,8 @@ from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import write_json
 from auditai_ops.layout import TRACKING_FILE
 
+_LOGGER = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -38,6 +46,16 @@ EMBEDDED_DIR = "mlflow"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 AUDIT_TAG = "auditai.audit"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's experiment kinds are "genai_development" and "custom_model_development" (its UI calls the latter "Machine learning")."""
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+"""MLflow 3.17's UI picks its GenAI or machine-learning view from a per-browser toggle (GenAI by default) or this query of a link."""
+PROBE_SECONDS = 10.0
+PROBE_ATTEMPT_SECONDS = 4.0
+PROBE_PAUSE_SECONDS = 1.0
+PROXY_DOWN_STATUSES = frozenset({502, 503, 504})
+"""A proxy's answer when the MLflow server behind it does not answer."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +86,77 @@ def require_mlflow() -> None:
         raise AuditInputError("tracking: mlflow is not installed (pip install auditai-ops[tracking]), or set tracking.enabled: false") from None
 
 
-@lru_cache(maxsize=8)
+def shown_uri(tracking_uri: str) -> str:
+    """The URI for messages: any user name and password in it replaced by '***'."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if "@" not in parts.netloc:
+        return tracking_uri
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _uri_source(tracking_uri: str) -> str:
+    """The setting the URI came from, to name it in an error."""
+    return f"${TRACKING_URI_ENV}" if os.environ.get(TRACKING_URI_ENV) == tracking_uri else "tracking.uri"
+
+
+def _no_answer_reason(error: Exception, waited: float) -> str:
+    """Why a request got no answer after `waited` seconds of trying, in a few words (never the request's headers or credentials)."""
+    import requests
+
+    text = str(error)
+    if isinstance(error, requests.exceptions.Timeout):
+        return f"no answer within {round(waited, 1):g} s"
+    if "refused" in text.lower():
+        return "connection refused"
+    if any(marker in text for marker in ("NameResolutionError", "Name or service not known", "nodename nor servname", "name resolution", "getaddrinfo")):
+        return "host name not found"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+def probe_server(tracking_uri: str) -> None:
+    """Raise AuditInputError naming the URI when an http(s) tracking server does not answer within about PROBE_SECONDS.
+
+    Any HTTP answer (even 401 or 404, or a TLS error: something listens) counts as an answer,
+    except a proxy's 502/503/504; refused connections and timeouts are retried until the
+    deadline, so a server that restarts for a few seconds is waited for. Other URIs pass.
+    """
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return
+    import requests
+
+    url = tracking_uri.rstrip("/") + "/health"
+    started = time.monotonic()
+    deadline = started + PROBE_SECONDS
+    while True:
+        timeout = max(0.5, min(PROBE_ATTEMPT_SECONDS, deadline - time.monotonic()))
+        try:
+            response = requests.get(url, timeout=timeout, allow_redirects=False)
+        except requests.exceptions.SSLError:
+            return
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
+            reason = _no_answer_reason(error, time.monotonic() - started)
+        except requests.exceptions.RequestException as error:
+            raise AuditInputError(f"{_uri_source(tracking_uri)} '{shown_uri(tracking_uri)}': not a usable MLflow server URI ({_no_answer_reason(error, 0.0)})") from None
+        else:
+            if response.status_code not in PROXY_DOWN_STATUSES:
+                return
+            reason = f"HTTP {response.status_code} {response.reason or ''}".strip()
+        if time.monotonic() + PROBE_PAUSE_SECONDS >= deadline:
+            raise AuditInputError(f"{_uri_source(tracking_uri)} '{shown_uri(tracking_uri)}': the MLflow server does not answer ({reason})")
+        time.sleep(PROBE_PAUSE_SECONDS)
+
+
 def tracking_client(tracking_uri: str) -> MlflowClient:
-    """One client per URI and process (opening a sqlite store checks its schema once)."""
+    """The client for `tracking_uri`, after checking that an http(s) server answers (AuditInputError naming the URI if not)."""
     require_mlflow()
+    probe_server(tracking_uri)
+    return _client(tracking_uri)
+
+
+@lru_cache(maxsize=8)
+def _client(tracking_uri: str) -> MlflowClient:
+    """One client per URI and process (opening a sqlite store checks its schema once)."""
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in step logs
@@ -87,15 +172,38 @@ def experiment_id(client: MlflowClient, target: TrackingTarget) -> str:
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(target.experiment)
-    if found is not None:
-        return str(found.experiment_id)
+    if found is None:
+        try:
+            return str(client.create_experiment(target.experiment, artifact_location=target.artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        except MlflowException:
+            found = client.get_experiment_by_name(target.experiment)
+            if found is None:
+                raise
+    mark_experiment_kind(client, found)
+    return str(found.experiment_id)
+
+
+def mark_experiment_kind(client: MlflowClient, experiment: Any) -> None:
+    """Tag an experiment that has no kind yet as model training; one the user already tagged keeps its kind.
+
+    A refused tag (say, no edit permission) is a warning: it only changes how the UI shows the experiment.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG):
+        return
     try:
-        return str(client.create_experiment(target.experiment, artifact_location=target.artifact_location))
-    except MlflowException:
-        found = client.get_experiment_by_name(target.experiment)
-        if found is None:
-            raise
-        return str(found.experiment_id)
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except MlflowException as error:
+        _LOGGER.warning("tracking: experiment '%s' keeps no %s tag (%s)", experiment.name, EXPERIMENT_KIND_TAG, str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (or of one of its runs) in the machine-learning view, when the URI is a server."""
+    if not tracking_uri.lower().startswith(("http://", "https://")):
+        return None
+    route = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{shown_uri(tracking_uri).rstrip('/')}/{route}?{UI_WORKFLOW_QUERY}"
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from auditai_ops.classifier.head import load_head
 from auditai_ops.config import ModelConfig
+from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_state_dict
 from auditai_ops.latent.generator import Generator, flat_layers
 from auditai_ops.layers import PerChannelNormalize
@@ -35,7 +37,8 @@ class AuditedModel:
     """`network` maps latent points (B, latent_dim) to logits; `hashes` name every weight file it depends on.
 
     `classifier` is the model's own part of `network` (same module objects); `classifier_hash`
-    is the key of its weights' sha256 in `hashes`.
+    is the key of its weights' sha256 in `hashes`. `latent_dim` and `num_classes` are the
+    network's input width and its number of logits, measured by a forward pass when it is built.
     """
 
     mode: str
@@ -45,6 +48,25 @@ class AuditedModel:
     description: dict[str, Any]
     classifier: nn.Module
     classifier_hash: str
+    latent_dim: int = 0
+    num_classes: int = 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _count_classes(network: nn.Module, latent_dim: int, model: str) -> int:
+    """The number of logits `network` gives for one latent point of the generator's dimension; bad input when it cannot run on one."""
+    try:
+        with torch.no_grad():
+            logits = network(torch.zeros(1, latent_dim))
+    except RuntimeError as error:  # matrix shapes that do not chain: the model was made for other latents
+        raise AuditInputError(f"{model}: cannot run on the generator's latents of dimension {latent_dim} ({_one_line(error)})") from None
+    if logits.ndim != 2 or logits.shape[0] != 1 or logits.shape[1] < 2:
+        raise AuditInputError(f"{model}: expected logits of shape (B, C) with C >= 2 classes, got shape {tuple(logits.shape)} for one latent point")
+    return int(logits.shape[1])
 
 
 def build_audited_model(settings: ModelConfig, generator: Generator, inputs: StepInputs, base_dir: Path | None = None) -> AuditedModel:
@@ -72,12 +94,20 @@ def build_audited_model(settings: ModelConfig, generator: Generator, inputs: Ste
         hashes["classifier_sha256"] = sha256_state_dict(classifier.state_dict())
         description.update({"classifier": settings.classifier, "route": loaded.route})
         classifier_hash = "classifier_sha256"
+        model = f"model.classifier '{settings.classifier}'"
     else:
         head, _ = load_head(inputs.head)
+        model = f"the head '{inputs.head}'"
         if settings.mode == "pixel":
             layers += flat_layers(generator.encoder)
             description["classifier"] = "head o encoder"
         layers += flat_layers(head)
         hashes["head_sha256"] = sha256_state_dict(head.state_dict())
         classifier, classifier_hash = head, "head_sha256"
-    return AuditedModel(settings.mode, nn.Sequential(*layers).eval(), generator.decoder, hashes, description, classifier, classifier_hash)
+    network = nn.Sequential(*layers).eval()
+    num_classes = _count_classes(network, generator.latent_dim, model)
+    if Path(inputs.latents).is_file():  # the audit's test latents must fit the model: checked here, before any verification
+        from auditai_ops.latent.latents_file import check_latents_fit, read_latent_split
+
+        check_latents_fit(read_latent_split(inputs.latents, "test"), inputs.latents, generator.latent_dim, num_classes, model)
+    return AuditedModel(settings.mode, network, generator.decoder, hashes, description, classifier, classifier_hash, generator.latent_dim, num_classes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,21 +35,30 @@ from auditai_ops.verify.range_curve import range_curve
 from auditai_ops.verify.unit_tests import ERROR, FAIL, PASS, AuditSamples, ResolvedUnitTest, Shard, UnitTestResult, resolve_unit_tests, run_unit_test, unit_test_samples
 
 _LOGGER = logging.getLogger(__name__)
-SUMMARY_FIGURES = ("samples", "certified_accuracy", "certified_accuracy_lower_bound", "falsified_fraction", "unknown_fraction", "clean_accuracy", "seconds")
+SUMMARY_FIGURES = (
+    "samples",
+    "certified_accuracy",
+    "certified_accuracy_lower_bound",
+    "falsified_fraction",
+    "unknown_fraction",
+    "clean_accuracy",
+    "misclassified_at_t0",
+    "flipped",
+    "seconds",
+)
 OUTCOME_FIELDS = tuple(SampleOutcomes.__dataclass_fields__)
 
 
 def load_test_samples(path: Path, seed: int) -> AuditSamples:
-    """The test split's latents, labels and ids from `latents.npz`, in a fixed pseudo-random order (seeded)."""
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            ids, latents, labels = stored["test_ids"], stored["test_z"], stored["test_labels"]
-    except FileNotFoundError:
-        raise AuditInputError(f"latents '{path}': file not found (run `auditai map-latents` first)") from None
-    if not np.isfinite(latents).all():
-        raise AuditInputError(f"latents '{path}': test_z contains NaN or infinite values")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    return AuditSamples(ids[order], latents[order], labels[order])
+    """The test split's latents, labels and ids from `latents.npz`, in a fixed pseudo-random order (seeded).
+
+    Every array is checked (`read_latent_split`): a missing, damaged or ill-shaped file is bad input.
+    """
+    from auditai_ops.latent.latents_file import read_latent_split
+
+    split = read_latent_split(path, "test")
+    order = np.random.default_rng(seed).permutation(len(split.ids))
+    return AuditSamples(split.ids[order], split.latents[order], split.labels[order])
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ def _row(test: ResolvedUnitTest) -> dict[str, Any]:
     }
 
 
-def _finish(audit: _Audit, results: list[UnitTestResult | str], settings: VerifyConfig, out_dir: Path) -> dict[str, Any]:
+def _finish(audit: _Audit, results: list[UnitTestResult | str], settings: VerifyConfig, out_dir: Path, reused: Mapping[str, Path] | None) -> dict[str, Any]:
     """Certificates, counterexample images, range curves, `summary.json` and `junit.xml` from per-test results (or error messages)."""
     device = resolve_device(settings.device)
     network = audit.audited.network.to(device)
@@ -102,7 +112,7 @@ def _finish(audit: _Audit, results: list[UnitTestResult | str], settings: Verify
             if isinstance(result, str):
                 raise RuntimeError(result)
             images = save_counterexample_images(audit.audited.decoder, result, out_dir)
-            path, certificate = write_certificate(result, audit.audited, settings, images, out_dir)
+            path, certificate = write_certificate(result, audit.audited, settings, images, out_dir, reused)
             curve = range_curve(result, network, settings, device)
         except Exception as error:  # one broken unit test must not hide the others' results
             _LOGGER.error("unit test '%s' could not run: %s", test.spec.name, error)
@@ -158,11 +168,15 @@ def verify_audit(
     inputs: StepInputs,
     out_dir: Path,
     base_dir: Path | None = None,
+    reused: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Prove or falsify every unit test; write certificates, `summary.json` and `junit.xml` to `out_dir`."""
+    """Prove or falsify every unit test; write certificates, `summary.json` and `junit.xml` to `out_dir`.
+
+    reused: the artifacts of other runs this audit reads (input name -> file or folder), recorded in the certificates by sha256.
+    """
     resolve_device(settings.device)
     audit = _prepare(tests, settings, model_settings, generator, inputs, base_dir)
-    return _finish(audit, _run_all(audit, settings, Shard()), settings, Path(out_dir))
+    return _finish(audit, _run_all(audit, settings, Shard()), settings, Path(out_dir), reused)
 
 
 def shard_file_name(shard: Shard) -> str:
@@ -228,6 +242,7 @@ def merge_shards(
     shard_files: list[Path],
     out_dir: Path,
     base_dir: Path | None = None,
+    reused: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Combine the N shard files of one audit into certificates, `summary.json` and `junit.xml`, as `verify_audit` writes them."""
     audit = _prepare(tests, settings, model_settings, generator, inputs, base_dir)
@@ -260,4 +275,4 @@ def merge_shards(
         targets = chosen.labels if test.spec.property == "true_label" else predictions
         seconds = float(sum(entry["seconds"] for entry, _ in parts))
         results.append(UnitTestResult(test, chosen, targets, predictions, outcomes, settings.confidence, seconds, positions[order]))
-    return _finish(audit, results, settings, Path(out_dir))
+    return _finish(audit, results, settings, Path(out_dir), reused)

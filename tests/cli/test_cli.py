@@ -17,7 +17,7 @@ from auditai_ops.config import GeneratorConfig, InputsConfig, ModelConfig
 from auditai_ops.fileio import canonical_json, sha256_bytes
 from auditai_ops.layout import resolve_inputs
 from auditai_ops.models.generator import load_generator
-from auditai_ops.verify.certificate import content_hash
+from auditai_ops.verify.certificate import artifact_sha256, content_hash
 from auditai_ops.verify.resample import resample_certificates
 
 HERE = Path(__file__).parent
@@ -47,7 +47,13 @@ def test_small_run_writes_every_artifact(small_run: Path) -> None:
 
 def test_certificate_contents_and_hashes(small_run: Path) -> None:
     certificate = json.loads((small_run / "certificates" / "slant_small.json").read_text())
-    assert certificate["schema_version"] == 1
+    assert certificate["schema_version"] == 2
+    assert certificate["spec"]["ranges"] == [{"low": -2.0, "high": 2.0, "units": "attribute"}] and certificate["spec"]["samples"] == 200
+    assert certificate["spec_sha256"] == sha256_bytes(canonical_json(certificate["spec"]))
+    reasons = {s["reason"] for s in certificate["samples"] if s["verdict"] != "verified"}
+    assert reasons <= {"misclassified at t = 0", "flipped along the direction", "undecided"}
+    assert all(s["reason"] is None for s in certificate["samples"] if s["verdict"] == "verified")
+    assert certificate["aggregates"]["misclassified_at_t0"] + certificate["aggregates"]["flipped"] <= 200 - sum(s["verdict"] == "verified" for s in certificate["samples"])
     assert certificate["unit_test"]["range"] == [{"low": -2.0, "high": 2.0, "units": "attribute"}]
     calibration = certificate["directions"][0]["calibration"]
     assert certificate["latent_box"]["low"] == [pytest.approx(-2.0 / calibration)]
@@ -161,6 +167,9 @@ def test_a_step_reads_inputs_from_paths_in_the_config(small_run: Path, tmp_path:
     assert (out / "certificates" / "slant_tiny.json").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["unit_tests"][0]["samples"] == 50
+    certificate = json.loads((out / "certificates" / "slant_tiny.json").read_text())
+    given = {"vae": "latent/vae.safetensors", "latents": "latent/latents.npz", "directions": "directions", "head": "classifier/head.safetensors"}
+    assert certificate["reused_artifacts"] == {name: artifact_sha256(small_run / path) for name, path in given.items()}, "the certificate names every artifact of the other run"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -95,3 +95,43 @@ def test_unknown_dataset_reference(tmp_path: Path) -> None:
         load_dataset("nowhere", base_dir=tmp_path)
     with pytest.raises(AuditInputError, match="file not found"):
         load_dataset("missing.npz", base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"images": np.zeros((0, 8, 8), np.float32), "labels": np.zeros(0, int)}, "key 'images': expected at least one image, got shape (0, 8, 8)"),
+        ({"images": np.zeros((2, 8, 8), np.float32), "labels": np.zeros(2, int)}, "expected at least 3 images (one each for train, valid and test), got 2"),
+        ({"images": np.zeros((4, 8, 8), object), "labels": np.zeros(4, int)}, "key 'images' holds Python objects (dtype object)"),
+        ({"images": np.zeros((4, 8, 8), np.float32), "labels": np.full(4, 10**12)}, "key 'labels': expected labels < 100000"),
+        ({"images": np.zeros((4, 8, 8), np.float32), "labels": np.full(4, 2**63 + 5, np.uint64)}, "key 'labels': expected labels < 100000"),
+        ({"images": np.zeros((4, 8, 8), np.float32), "labels": np.zeros(4, int), "attr_slant": np.zeros(2)}, "key 'attr_slant': expected an attribute column of shape (4,)"),
+        ({"images": np.zeros((4, 8, 8), np.float32), "labels": np.zeros(4, int), "attr_slant": np.array(["a"] * 4)}, "key 'attr_slant': expected a numeric attribute column"),
+        ({"images": np.zeros((2, 2048, 8), np.uint8), "labels": np.zeros(2, int)}, "expected image height and width <= 1024, got (2048, 8)"),
+    ],
+    ids=["zero", "two", "object", "huge-label", "uint64-label", "short-attribute", "string-attribute", "tall-images"],
+)
+def test_more_bad_npz_files(tmp_path: Path, arrays: dict, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(AuditInputError) as caught:
+        load_npz(path)
+    assert str(caught.value).startswith(f"dataset '{path}'") and message in str(caught.value)
+
+
+def test_empty_split_in_a_per_split_archive(tmp_path: Path) -> None:
+    path = tmp_path / "splits.npz"
+    splits = {"train": 8, "valid": 2, "test": 0}
+    np.savez(path, **{f"{s}_images": _images(n) for s, n in splits.items()}, **{f"{s}_labels": np.zeros(n, int) for s, n in splits.items()})
+    with pytest.raises(AuditInputError, match=r"key 'test_images': expected at least one image"):
+        load_npz(path)
+
+
+def test_corrupt_image_in_a_folder(tmp_path: Path) -> None:
+    for label in ("a", "b"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
+    (tmp_path / "imgs" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(AuditInputError, match=r"cannot read image '.*broken.png'"):
+        load_dataset("imgs", base_dir=tmp_path)

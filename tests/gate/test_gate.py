@@ -70,6 +70,7 @@ def test_gate_registers_tags_and_certifies_once_and_promotion_follows(audit: Pat
     version = client.get_model_version_by_alias(MODEL, "certified")
     summary = json.loads((audit / "summary.json").read_text())
     assert version.tags["auditai.verdict"] == "pass" and version.tags["auditai.gate"] == PASS
+    assert "| slant_small |" in client.get_model_version(MODEL, version.version).description  # the audit's table in the registry UI
     assert version.tags["auditai.certificates_digest"] == certificates_digest({t["name"]: t["certificate_sha256"] for t in summary["unit_tests"]})
     assert {k.removeprefix("auditai.weights."): v for k, v in version.tags.items() if k.startswith("auditai.weights.")} == summary["models"]
     gate_record = json.loads((audit / "gate.json").read_text())
@@ -113,7 +114,7 @@ def test_gate_registers_tags_and_certifies_once_and_promotion_follows(audit: Pat
     stored.write_text(json.dumps(certificate))
     refused = promote_version(_config(), audit, MODEL, str(version.version), None, "staging")
     assert refused.decision == FAIL and refused.exit_code == 1
-    assert any("certificate slant_small: content hash" in reason for reason in refused.reasons)
+    assert any("registered package: its files differ from those registered" in reason for reason in refused.reasons)
     assert _alias(client, "staging") is None
 
 
@@ -125,21 +126,21 @@ def test_failing_audit_is_registered_without_alias_and_cannot_be_promoted(audit:
     assert main(["verify", "--config", str(config_file), "--out", str(audit)]) == 1
     assert main(["gate", "--config", str(config_file), "--out", str(audit)]) == 1
     out = capsys.readouterr().out
-    assert "gate: FAIL" in out and "alias 'certified' not set" in out and "not passing: slant_small (fail)" in out
+    assert "gate: FAIL" in out and "alias 'certified' not set" in out and "vs threshold 0.99" in out
     client = _client(audit)
     (version,) = client.search_model_versions(f"name = '{MODEL}'")
     assert version.tags["auditai.verdict"] == "fail" and version.tags["auditai.gate"] == FAIL
     assert _alias(client, "certified") is None
     assert main(["promote", "--config", str(config_file), "--out", str(audit), "--model", MODEL, "--version", str(version.version), "--to", "production"]) == 1
     out = capsys.readouterr().out
-    assert "promote: FAIL" in out and "certificate slant_small: verdict" in out and "threshold 0.99" in out
+    assert "promote: FAIL" in out and "slant_small: verdict" in out and "threshold 0.99" in out
     assert _alias(client, "production") is None
     assert client.get_model_version(MODEL, version.version).tags["auditai.promote.production"] == FAIL
 
 
 def _drop_certificate(out: Path) -> str:
     (out / "certificates" / "slant_small.json").unlink()
-    return "certificate slant_small: missing or unreadable"
+    return "slant_small: certificate: summary.json unit_tests[0].certificate: 'certificates/slant_small.json' is not a file"
 
 
 def _tamper_certificate(out: Path) -> str:
@@ -147,7 +148,7 @@ def _tamper_certificate(out: Path) -> str:
     certificate = json.loads(path.read_text())
     certificate["threshold"] = 0.1
     path.write_text(json.dumps(certificate))
-    return "certificate thickness_small: content hash: does not match"
+    return "thickness_small: integrity: content hash mismatch"
 
 
 def _swap_weights(out: Path) -> str:
@@ -156,7 +157,7 @@ def _swap_weights(out: Path) -> str:
     first = sorted(state)[0]
     state[first] = state[first] + 1e-3
     save_file(state, str(path))
-    return "weights match certificates: recomputed from the version's files: differ for head_sha256"
+    return "slant_small: head_sha256: recorded"
 
 
 def _unit_test_error(out: Path) -> str:
@@ -164,24 +165,25 @@ def _unit_test_error(out: Path) -> str:
     summary["unit_tests"][2] = {**summary["unit_tests"][2], "verdict": "error", "error": "RuntimeError: out of memory", "certificate": None, "samples": 0}
     summary["verdict"] = "error"
     (out / "summary.json").write_text(json.dumps(summary))
-    return "pca1_small (error: RuntimeError: out of memory)"
+    return "pca1_small: no certificate (unit test error: RuntimeError: out of memory)"
 
 
 def _unfinished_audit(out: Path) -> str:
     (out / "summary.json").unlink()
     shutil.rmtree(out / "certificates")
-    return "summary: summary.json missing: the audit did not finish"
+    return "summary: summary.json missing or unreadable: the audit did not finish"
 
 
 @pytest.mark.parametrize("break_audit", [_drop_certificate, _tamper_certificate, _swap_weights, _unit_test_error, _unfinished_audit])
-def test_gate_refuses_with_the_reason(audit: Path, break_audit: object) -> None:
+def test_gate_refuses_with_the_reason_and_registers_nothing(audit: Path, break_audit: object) -> None:
     reason = break_audit(audit)  # type: ignore[operator]
     decision = gate_audit(_config(), audit)
     assert decision.decision == FAIL and not decision.promoted and decision.exit_code == 1
     assert any(reason in r for r in decision.reasons), decision.reasons
+    assert decision.version is None and decision.reasons[0].startswith("nothing registered")
     client = _client(audit)
     assert _alias(client, "certified") is None
-    assert client.get_model_version(MODEL, decision.version).tags["auditai.gate"] == FAIL
+    assert _versions(client) == []
     assert json.loads((audit / "gate.json").read_text())["decision"] == FAIL
 
 
@@ -189,7 +191,7 @@ def test_nothing_to_register_is_refused(audit: Path) -> None:
     (audit / "classifier" / "head.safetensors").unlink()
     decision = gate_audit(_config(), audit)
     assert decision.decision == FAIL and decision.version is None
-    assert "nothing to register" in decision.reasons[0] and "head.safetensors" in decision.reasons[0]
+    assert decision.reasons[0].startswith("nothing registered") and any("head.safetensors" in reason for reason in decision.reasons)
 
 
 def test_gate_fails_closed_on_tracking_errors_and_the_time_limit(audit: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -181,16 +181,40 @@ def dockerfile_pip_installs(stage: Stage) -> list[PipInstall]:
 
 # --- kustomize ---------------------------------------------------------------------------
 
-SUPPORTED_KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
+SUPPORTED_KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "images", "configMapGenerator", "generatorOptions"}
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
     return [document for document in yaml.safe_load_all(path.read_text()) if document is not None]
 
 
+def generated_config_map_files(directory: Path) -> dict[str, dict[str, Path]]:
+    """configMapGenerator of a kustomization: ConfigMap name -> {key: file}. Only `name` and `files`
+    (`path` or `key=path`, inside the kustomization's folder, as kustomize's load restrictor requires)
+    are rendered, and only with generatorOptions.disableNameSuffixHash: true (no hash suffix to compute)."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    generators = kustomization.get("configMapGenerator", [])
+    if generators and kustomization.get("generatorOptions") != {"disableNameSuffixHash": True}:
+        raise ValueError(f"{directory}/kustomization.yaml: only generatorOptions {{disableNameSuffixHash: true}} is rendered by tests/infra")
+    generated: dict[str, dict[str, Path]] = {}
+    for generator in generators:
+        if set(generator) != {"name", "files"}:
+            raise ValueError(f"{directory}/kustomization.yaml: configMapGenerator entries other than name + files are not rendered by tests/infra")
+        files: dict[str, Path] = {}
+        for entry in generator["files"]:
+            key, _, relative = entry.rpartition("=")
+            path = (directory / relative).resolve()
+            if not path.is_relative_to(directory.resolve()) or not path.is_file():
+                raise FileNotFoundError(f"{directory}/kustomization.yaml: configMapGenerator file {relative} is not a file inside the kustomization")
+            files[key or path.name] = path
+        generated[generator["name"]] = files
+    return generated
+
+
 def render_kustomization(directory: Path) -> list[dict[str, Any]]:
     """What `kustomize build DIRECTORY` gives for the fields this repository uses: resources (files and
-    kustomization folders), namespace, labels (metadata only, like includeSelectors: false) and images."""
+    kustomization folders), ConfigMaps generated from files, namespace, labels (metadata only, like
+    includeSelectors: false) and images."""
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     unsupported = set(kustomization) - SUPPORTED_KUSTOMIZATION_FIELDS
     if unsupported:
@@ -204,6 +228,8 @@ def render_kustomization(directory: Path) -> list[dict[str, Any]]:
             resources.extend(load_documents(path))
         else:
             raise FileNotFoundError(f"{directory}/kustomization.yaml: resource {entry} does not exist")
+    for name, files in generated_config_map_files(directory).items():
+        resources.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {key: path.read_text() for key, path in files.items()}})
     for resource in resources:
         metadata = resource.setdefault("metadata", {})
         if "namespace" in kustomization and resource["kind"] not in CLUSTER_SCOPED_KINDS:

@@ -12,7 +12,7 @@ from typing import Any
 import kubernetes_validate.utils as kubernetes_validate
 import pytest
 import yaml
-from infra_checks import K8S, KUSTOMIZATIONS, REPO, containers, pod_spec, render_kustomization
+from infra_checks import K8S, KUSTOMIZATIONS, REPO, containers, generated_config_map_files, pod_spec, render_kustomization
 
 from infra.runtime import runtime
 
@@ -28,6 +28,7 @@ def test_every_manifest_file_is_referenced_by_a_kustomization() -> None:
             referenced.add((resource["kind"], resource["metadata"]["name"]))
     files = [path for path in K8S.rglob("*.yaml") if path.name != "kustomization.yaml"]
     listed = {(directory / entry).resolve() for directory in KUSTOMIZATIONS for entry in kustomization(directory).get("resources", [])}
+    listed |= {path for directory in KUSTOMIZATIONS for files in generated_config_map_files(directory).values() for path in files.values()}
     assert {path.resolve() for path in files} <= listed
     assert ("Deployment", "auditai-mlflow") in referenced and ("Job", "auditai-gpu-check") in referenced
 
@@ -95,7 +96,7 @@ def test_the_gpu_check_job_is_scheduled_like_a_verification_pod() -> None:
     assert spec["serviceAccountName"] == NAMES.service_account
     (container,) = spec["containers"]
     assert container["resources"]["limits"][NAMES.gpu.resource] == 1
-    assert container["args"][:2] == ["run", "examples/mnist/audit.yaml"] and container["args"][container["args"].index("--device") + 1] == "cuda"
+    assert container["args"][:2] == ["run", NAMES.audit_config.path] and container["args"][container["args"].index("--device") + 1] == "cuda"
 
 
 def readme_secret_commands() -> dict[str, set[str]]:

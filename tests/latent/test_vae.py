@@ -72,3 +72,26 @@ def test_decoder_is_boundable_at_any_batch_size() -> None:
     bounded = build_bounded_module(decoder, (torch.zeros(2, 4),))
     out = bounded(torch.zeros(7, 4))
     assert out.shape == (7, 1, 12, 12)
+
+
+def test_parameter_count_is_exact_and_bounded() -> None:
+    from auditai_ops.latent.vae import MAX_VAE_WEIGHTS
+
+    for arch in (VAEArchitecture(), VAEArchitecture(8, 12, 3, (2, 5))):
+        assert arch.parameter_count() == sum(p.numel() for p in VAE(arch).parameters())
+    with pytest.raises(AuditInputError, match=r"has [0-9,]+ weights, more than the limit of 250,000,000; lower latent.latent_dim or latent.channels"):
+        VAEArchitecture(1024, 1024, 4096, (1024, 1024))
+    assert MAX_VAE_WEIGHTS == 250_000_000
+    with pytest.raises(ValueError, match="positive integer sizes"):  # a tampered vae.json: load_module reports it with the file
+        VAEArchitecture.from_dict({"image_height": 28, "image_width": 28, "latent_dim": 0, "channels": [32, 64]})
+
+
+def test_a_training_batch_too_large_for_memory_is_refused_before_training(tmp_path: Path) -> None:
+    from auditai_ops.config import DataConfig
+    from auditai_ops.latent.mapping import map_latents
+
+    dataset = tmp_path / "big.npz"
+    np.savez(dataset, images=np.zeros((3, 1024, 1024), np.uint8), labels=np.array([0, 1, 0]))
+    with pytest.raises(AuditInputError, match=r"latent.batch_size: 4096 images of 1024x1024 with channels \[32, 64\] keep [0-9,]+ activations per batch, more than the limit"):
+        map_latents(DataConfig(dataset=str(dataset)), LatentConfig(batch_size=4096), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from auditai_ops.audit_files import folder_audit_digest
 from auditai_ops.errors import AuditInputError
 from auditai_ops.report.html import write_html_report
 from auditai_ops.report.svg import Series, line_plot_svg
@@ -37,8 +38,11 @@ def test_report_is_self_contained_and_complete(small_run_copy: Path) -> None:
     assert 'alt="counterexample ' in html
     for name, entry in directions.items():
         assert f"<td>{name}</td>" in html and entry["kind"] in html
-    # the link to the model version that the gate registered for this audit
+    # every path the run wrote is inside the folder: nothing refused, nothing missing
+    assert 'class="note"' not in html and "refused" not in html.split("</style>")[1]
+    # the link to the model version that the gate registered for this audit (gate.json names this audit's digest)
     gate = json.loads((small_run_copy / "gate.json").read_text())
+    assert gate["audit_digest"] == folder_audit_digest(small_run_copy)
     assert f"{gate['model_name']} version {gate['version']}" in html and "certified" in html
 
 
@@ -59,3 +63,24 @@ def test_svg_plot_places_points_on_the_axes() -> None:
     assert '<circle cx="120.0" cy="14.0"' in svg and '<circle cx="184.0" cy="104.0"' in svg
     assert "a &lt;b&gt;" in svg and "<b>" not in svg
     assert "threshold 0.5" in svg
+
+
+def _row_cells(html: str, name: str) -> list[str]:
+    row = re.search(rf"<tr><td>{name}</td>(.*?)</tr>", html)
+    assert row is not None
+    return re.findall(r"<td[^>]*>(.*?)</td>", "<td>" + name + "</td>" + row.group(1))
+
+
+def test_report_separates_clean_errors_from_flips(audit_folder: Path) -> None:
+    html = write_html_report(audit_folder).read_text()
+    header = re.findall(r"<th>(.*?)</th>", html.split("</tr>")[0])
+    at_t0, flipped = header.index("misclassified at t = 0"), header.index("flipped")
+    slant, thick = _row_cells(html, "slant"), _row_cells(html, "thick")
+    assert (slant[at_t0], slant[flipped]) == ("1", "2")
+    assert (thick[at_t0], thick[flipped]) == ("-", "-")  # an older row without the counts
+    captions = re.findall(r"<figcaption>(mnist:test:\d+: .*?)</figcaption>", html)
+    assert "mnist:test:0: target 1, predicted 7 at t = 1.5: misclassified at t = 0 (not caused by the direction)" in captions
+    assert "mnist:test:1: target 1, predicted 7 at t = 1.5: flipped along the direction" in captions
+    assert "mnist:test:1: target 1, predicted 7 at t = 1.5" in captions  # thick's sample has no reason: no claim either way
+    assert sum("not caused by the direction" in caption for caption in captions) == 1
+    assert "slant: 3 counterexample(s) (1 misclassified at t = 0, not caused by the direction), 3 shown" in html

@@ -41,6 +41,9 @@ def test_small_run_is_tracked_in_the_audit_folder(small_run: Path) -> None:
         assert sorted(m.step for m in history) == [25, 50, 75, 100]
         assert {m.step: m.value for m in history}[100] == pytest.approx(test["certified_accuracy"])
     assert parent.data.tags["auditai.verdict"] == "pass"
+    assert parent.info.run_name == "audit small", "named by the config file, tests/cli/small.yaml"
+    assert parent.data.tags["mlflow.note.content"].startswith(f"**Audit verdict: pass**: {len(summary['unit_tests'])} of {len(summary['unit_tests'])} unit tests pass.")
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert {k.removeprefix("auditai.weights."): v for k, v in parent.data.tags.items() if k.startswith("auditai.weights.")} == summary["models"]
     assert {"report.html", "summary.json", "junit.xml", *(f"certificates/{t['name']}.json" for t in summary["unit_tests"])} <= _artifacts(client, parent.info.run_id)
 

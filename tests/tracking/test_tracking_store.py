@@ -11,8 +11,10 @@ import pytest
 from mlflow import MlflowClient
 
 from auditai_ops.config import AuditConfig, TrackingConfig, parse_config
-from auditai_ops.tracking.steps import track_step
-from auditai_ops.tracking.store import PARENT_RUN_ENV, audit_run, flatten_params, resolve_target
+from auditai_ops.tracking import store
+from auditai_ops.tracking.description import audit_table_markdown
+from auditai_ops.tracking.steps import audit_run_name, begin_audit, track_step
+from auditai_ops.tracking.store import EXPERIMENT_KIND_TAG, PARENT_RUN_ENV, audit_run, flatten_params, resolve_target, ui_url
 
 
 @pytest.fixture(autouse=True)
@@ -85,11 +87,64 @@ def test_disabled_tracking_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_unreachable_tracking_server_is_a_warning_and_the_step_result_stands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setattr(store, "PROBE_SECONDS", 1.0)
     config = parse_config({"tracking": {"uri": "http://127.0.0.1:9"}})
     ran = []
     with caplog.at_level(logging.WARNING), track_step(config.tracking, tmp_path, "verify", config) as tracking:
         ran.append(True)
     assert ran and tracking.audit is None
-    assert "tracking: step 'verify' is not logged to MLflow" in caplog.text
+    assert "tracking: step 'verify' is not logged to MLflow (AuditInputError: tracking.uri 'http://127.0.0.1:9': the MLflow server does not answer" in caplog.text
+
+
+def test_the_experiment_is_marked_as_model_training_when_created_and_when_it_lacks_the_mark(tmp_path: Path) -> None:
+    fresh = audit_run(TrackingConfig(experiment="fresh"), tmp_path)
+    client = MlflowClient(fresh.target.tracking_uri)
+    assert client.get_experiment(fresh.experiment_id).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+    # experiments made before (or by someone else) get the mark on first use; one the user marked keeps its kind
+    unmarked = client.create_experiment("unmarked")
+    genai = client.create_experiment("genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(unmarked).tags
+    assert audit_run(TrackingConfig(experiment="unmarked"), tmp_path, new=True).experiment_id == unmarked
+    assert client.get_experiment(unmarked).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    audit_run(TrackingConfig(experiment="genai"), tmp_path, new=True)
+    assert client.get_experiment(genai).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_ui_links_open_the_machine_learning_view_and_hide_credentials() -> None:
+    assert ui_url("http://u:secret@mlflow:5000/", "3", "abc") == "http://***@mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert ui_url("https://mlflow.example.org", "3") == "https://mlflow.example.org/#/experiments/3?workflowType=machine_learning"
+    assert ui_url("sqlite:///x.db", "3") is None
+
+
+def test_parent_runs_are_named_by_the_config_file_and_step_runs_by_the_step(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples" / "mnist"
+    assert audit_run_name(examples / "audit-failing.yaml") == "audit audit-failing"
+    assert audit_run_name(examples / "audit.yaml") == "audit mnist", "not 'audit audit'"
+    assert audit_run_name(None) == "audit defaults"
+    config = AuditConfig()
+    client = MlflowClient(resolve_target(config.tracking, tmp_path).tracking_uri)
+    for config_file, name, step in ((examples / "audit-failing.yaml", "audit audit-failing", "verify"), (None, "audit defaults", "map-latents")):
+        parent_id = begin_audit(config, tmp_path, config_file)
+        with track_step(config.tracking, tmp_path, step, config, config_file):
+            pass
+        assert parent_id is not None
+        parent = client.get_run(parent_id)
+        assert parent.info.run_name == name
+        (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+        assert child.info.run_name == step
+
+
+def test_the_verify_step_describes_the_audit_on_its_run_and_on_the_parent(tmp_path: Path) -> None:
+    test = {"name": "slant5", "direction": "slant", "ranges": [{"low": -5, "high": 5, "units": "attribute", "direction_units": "degrees"}]}
+    summary = {"verdict": "pass", "unit_tests": [{**test, "certified_accuracy": 0.96, "threshold": 0.9, "threshold_on": "estimate", "verdict": "pass"}]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    config = AuditConfig()
+    with track_step(config.tracking, tmp_path, "verify", config) as tracking:
+        pass
+    assert tracking.audit is not None and tracking.run_id is not None
+    client = MlflowClient(tracking.audit.target.tracking_uri)
+    expected = "**Audit verdict: pass**: 1 of 1 unit tests pass.\n\n" + audit_table_markdown(summary)
+    assert "| slant5 | slant ±5 degrees | 0.960 | ≥ 0.9 | pass |" in expected
+    for run_id in (tracking.run_id, tracking.audit.run_id):
+        assert client.get_run(run_id).data.tags["mlflow.note.content"] == expected
