@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from auditai_ops.config import AuditConfig, InputsConfig, VerifyConfig, load_config, parse_config, parse_yaml
+from auditai_ops.config import AuditConfig, InputsConfig, VerifyConfig, load_config, parse_config, parse_yaml, read_config_text
 from auditai_ops.errors import AuditInputError
 from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import CLASSIFIER_DIR, DIRECTIONS_DIR, HEAD_FILE, LATENT_DIR, LATENTS_FILE, SHARDS_DIR, TRACKING_FILE, VAE_FILE, StepInputs, resolve_inputs
@@ -34,10 +34,7 @@ def config_from_text(config_yaml: str) -> AuditConfig:
 
 def config_file_text(path: Path) -> str:
     """The text of a config file, validated (errors name the file and the field)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise AuditInputError(f"config file '{path}': cannot be read ({error.strerror})") from None
+    text = read_config_text(Path(path))
     load_config(Path(path))
     return text
 

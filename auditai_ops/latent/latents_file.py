@@ -1,6 +1,6 @@
 """Reading `latents.npz` (written by `map-latents`, or handed in through `inputs.latents`) with every array checked.
 
-A split `<split>` is three arrays of one length N >= 1: `<split>_z` (N, D) floats, finite,
+A split `<split>` is three arrays of one length N >= 1: `<split>_z` (N, D) floats, finite and within +-MAX_LATENT_VALUE,
 `<split>_labels` (N,) integers in [0, MAX_CLASSES), `<split>_ids` (N,) distinct strings. Whatever
 else the file holds, is missing or is damaged is reported as one `AuditInputError` naming the
 file and the key; whether D and the labels fit the audited model is `audited_model`'s check.
@@ -18,6 +18,8 @@ from auditai_ops.data.datasets import MAX_CLASSES
 from auditai_ops.data.npz import open_npz
 from auditai_ops.errors import AuditInputError
 
+MAX_LATENT_VALUE = 1e6
+"""Largest latent coordinate accepted: a VAE's latents are of order 1; near float32's limit, logits and bounds overflow."""
 MISSING_HINT = " (run `auditai map-latents` first)"
 
 
@@ -49,6 +51,9 @@ def read_latent_split(path: Path, split: str = "test") -> LatentSplit:
         latents = latents.astype(np.float32)
     if not np.isfinite(latents).all():
         raise AuditInputError(f"{where}: key '{split}_z' contains NaN or infinite values")
+    largest = float(np.abs(latents).max())
+    if largest > MAX_LATENT_VALUE:
+        raise AuditInputError(f"{where}: key '{split}_z': expected latent values within +-{MAX_LATENT_VALUE:g}, got {largest:.3g} (the network's bounds would overflow float32)")
     count = latents.shape[0]
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
         raise AuditInputError(f"{where}: key '{split}_labels': expected integer labels of shape ({count},), got shape {labels.shape} of {labels.dtype}")

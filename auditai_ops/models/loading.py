@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
+from auditai_ops.config import parse_yaml
 from auditai_ops.errors import AuditInputError
 from auditai_ops.fileio import sha256_state_dict
 from auditai_ops.layers import UnsupportedLayerError, check_supported
@@ -321,9 +321,10 @@ def _mlflow_flavors(root: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
     try:
-        content = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError) as error:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
         raise AuditInputError(f"model '{path}': not a readable MLmodel file ({_first_line(error)})") from None
+    content = parse_yaml(text, f"model '{path}' (MLmodel)")
     flavors = content.get("flavors", {}) if isinstance(content, dict) else {}
     return {str(k): v for k, v in flavors.items() if isinstance(v, dict)} if isinstance(flavors, dict) else {}
 

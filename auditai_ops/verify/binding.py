@@ -27,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -62,46 +62,103 @@ class Check:
     kind: str = EVIDENCE
 
 
-class _Counterexample(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+_Index = Annotated[int, Field(ge=0, lt=2**31)]
+_Count = Annotated[int, Field(ge=0, le=2**40)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
+
+
+class _Counterexample(_Strict):
     t: list[float]
-    predicted_class: int
+    predicted_class: _Index
     margin: float
     image: str | None = None
 
 
-class _Sample(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+class _Sample(_Strict):
     id: str
-    label: int
-    target: int
+    label: _Index
+    target: _Index
     verdict: Literal["verified", "falsified", "unknown"]
-    reason: str | None = None
+    reason: str | None
+    decided_by: str | None = None
+    margin_lower_bound: float | None = None
+    pieces: _Count
     counterexample: _Counterexample | None = None
 
 
-class _Signature(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class _Signature(_Strict):
     algorithm: str
     value: str
 
 
-class _Certificate(BaseModel):
-    """The structure every check relies on; other fields are kept but not trusted."""
+class _SpecDirection(_Strict):
+    name: str
+    vector_sha256: str
+    calibration: float | None
+    units: str
 
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+class _SpecRange(_Strict):
+    low: float
+    high: float
+    units: str
+
+
+class _Box(_Strict):
+    low: list[float]
+    high: list[float]
+
+
+class _Spec(_Strict):
+    name: str
+    directions: list[_SpecDirection]
+    ranges: list[_SpecRange]
+    latent_box: _Box
+    property: str
+    threshold: float
+    threshold_on: str
+    confidence: float
+    samples: _Count
+    sample_ids_sha256: str
+
+
+class _Direction(_Strict):
+    name: str
+
+
+class _Aggregates(_Strict):
+    samples: _Count
+    certified_accuracy: float
+    certified_accuracy_lower_bound: float
+    confidence: float
+    falsified_fraction: float
+    unknown_fraction: float
+    clean_accuracy: float
+    misclassified_at_t0: _Count
+    flipped: _Count
+    seconds: float
+
+
+class _Certificate(_Strict):
+    """The structure of a certificate, every field typed; what is not listed is kept but never read."""
+
     kind: Literal["auditai.certificate"]
     content_sha256: str
-    spec: dict[str, Any]
+    spec: _Spec
     spec_sha256: str
     unit_test: dict[str, Any]
-    latent_box: dict[str, list[float]]
+    directions: list[_Direction]
+    latent_box: _Box
     settings: dict[str, Any]
     samples: list[_Sample] = Field(max_length=10_000_000)
-    aggregates: dict[str, Any]
+    aggregates: _Aggregates
     threshold: float
     verdict: str
     hashes: dict[str, str]
+    model: dict[str, Any]
     signature: _Signature | None = None
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AUDIT_CONFIG, run_cli
+from cli_harness import AUDIT_CONFIG, run_cli
 
 LATENTS = Path("latent") / "latents.npz"
 
@@ -176,6 +176,7 @@ LATENT_CASES: dict[str, tuple[Callable[[dict[str, np.ndarray]], dict[str, np.nda
     "integer-ids": (_with(test_ids=np.arange(TEST_COUNT)), "key 'test_ids': expected sample ids as strings"),
     "repeated-ids": (_with(test_ids=np.array(["same"] * TEST_COUNT)), "key 'test_ids': sample ids must be distinct"),
     "nan-latents": (lambda a: _with(test_z=np.where(np.arange(TEST_COUNT)[:, None] == 7, np.nan, a["test_z"]))(a), "key 'test_z' contains NaN or infinite values"),
+    "huge-latents": (lambda a: _with(test_z=a["test_z"] * np.float32(1e37))(a), "key 'test_z': expected latent values within +-1e+06"),
     "object-latents": (lambda a: _with(test_z=a["test_z"].astype(object))(a), "key 'test_z' holds Python objects"),
 }
 

@@ -38,6 +38,7 @@ def test_a_good_split(tmp_path: Path) -> None:
         ({"test_z": np.zeros((6,), np.float32)}, "key 'test_z': expected latents of shape (N, D)"),
         ({"test_z": np.zeros((6, 5000), np.float32)}, "1 <= D <= 4096, got shape (6, 5000)"),
         ({"test_z": np.full((6, 4), np.inf, np.float32)}, "key 'test_z' contains NaN or infinite values"),
+        ({"test_z": np.full((6, 4), 3e38, np.float32)}, "key 'test_z': expected latent values within +-1e+06, got 3e+38"),
         ({"test_z": np.zeros((6, 4), object)}, "key 'test_z' holds Python objects"),
         ({"test_labels": np.zeros(5, np.int64)}, "key 'test_labels': expected integer labels of shape (6,), got shape (5,) of int64"),
         ({"test_labels": np.zeros(6, bool)}, "key 'test_labels': expected integer labels of shape (6,), got shape (6,) of bool"),
