@@ -202,13 +202,26 @@ class VerifyConfig(_Section):
     # each); both are bounded and so is their product.
     block_size: _count(65536) = 256
     max_pieces: _count(65536) = 64
+    # The branch and bound of one unit test splits at most this many pieces in all (each split
+    # adds one piece to a sample), shared among the blocks in proportion to their samples, so
+    # the verdicts depend neither on timing nor on the shard layout. 65536 cannot trip at the
+    # default samples and max_pieces (1000 x 63 splits); it caps runs with many more samples.
+    max_splits_per_test: _count(2**40, lower=0) = 65536
     # The counterexample search evaluates falsify_grid (+ restarts) points per piece, in chunks
     # of about 65536 points, so one piece needs falsify_grid x latent_dim floats at least:
     # 200000000 would take 12.8 GB.
     falsify_grid: _count(4096, lower=2) = 33
     falsify_steps: _count(10_000, lower=0) = 10
     falsify_restarts: _count(1024) = 2
-    seconds_per_test: Annotated[float, Field(gt=0.0, le=7 * 86400.0)] = 300.0
+    # Wall-clock budget of one unit test: opt-in, since what it leaves undecided depends on the
+    # machine's speed and load (certificates then say `budget_exhausted: time`).
+    seconds_per_test: Annotated[float, Field(gt=0.0, le=7 * 86400.0)] | None = None
+    # Points (counterexample search, dense sampling) and boxes (auto_LiRPA bounds) are processed
+    # in chunks whose estimated activation memory stays under this many MiB (the network's
+    # widest layer, with convolution work buffers, per point): peak memory does not grow with
+    # batch_size or falsify_grid. A fixed setting, not the machine's free memory, so chunks are
+    # the same on every machine.
+    chunk_memory_mb: _count(1 << 20, lower=16) = 256
     min_margin: Annotated[float, Field(ge=0.0, le=1e6)] = 1e-5
     confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     curve_fractions: Annotated[tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...], Field(max_length=100)] = (0.25, 0.5, 0.75)

@@ -118,7 +118,7 @@ def _tracked(config: AuditConfig, out_dir: Path, step: str, parent: str | None) 
         yield
 
 
-def begin_audit_step(config_yaml: str, run_dir: Path, run_name: str | None = None) -> str:
+def begin_audit_step(config_yaml: str, run_dir: Path, run_name: str = "audit") -> str:
     """Start an audit's parent MLflow run (the whole config as params), recorded in `run_dir/tracking.json` for the later steps; its id ("" when tracking is off or failed)."""
     config = config_from_text(config_yaml)
     if not config.tracking.enabled:

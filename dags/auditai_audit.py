@@ -289,8 +289,9 @@ def auditai_audit() -> None:
         from auditai_ops.gate.step import promote_version
         from auditai_ops.steps import config_from_text
 
+        audit_dir = Path(approved["audit_dir"]) if approved.get("audit_dir") else _folder(run)  # the folder whose files the version must hold
         with _bad_input_fails_fast():
-            decision = promote_version(config_from_text(run["config_yaml"]), _folder(run), approved["model_name"], approved["version"], None, run["promote_to"])
+            decision = promote_version(config_from_text(run["config_yaml"]), audit_dir, approved["model_name"], approved["version"], None, run["promote_to"])
         print(render_decision(decision))
         if decision.decision == FAIL:
             raise AirflowFailException(f"promotion refused: {'; '.join(decision.reasons)}")
@@ -328,12 +329,12 @@ def auditai_audit() -> None:
         if decision.exit_code != 0:  # the registry could not be reached, or the alias not set: worth a retry
             raise AirflowException(f"the gate could not decide on the repaired candidate: {'; '.join(decision.reasons) or 'the alias was not set'}")
         print(f"repaired candidate: {decision.model_name} version {decision.version} (the failing audit's version {gated['version']} stays refused)")
-        return {"model_name": decision.model_name, "version": decision.version}
+        return {"model_name": decision.model_name, "version": decision.version, "audit_dir": str(f / REPAIRED_DIR)}
 
     @task.short_circuit(execution_timeout=timedelta(minutes=5))
     def candidate_passed(repaired: dict[str, Any] | None) -> dict[str, Any] | bool:
         """The repaired candidate's certified version for promote_candidate; False (skip) when no candidate passed."""
-        return {"model_name": repaired["model_name"], "version": repaired["version"]} if repaired else False
+        return {"model_name": repaired["model_name"], "version": repaired["version"], "audit_dir": repaired["audit_dir"]} if repaired else False
 
     run = prepare()
     runner = choose_runner(run)

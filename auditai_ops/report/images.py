@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,20 @@ def image_grid(tiles: np.ndarray, pad: int = 2) -> np.ndarray:
     return canvas
 
 
+def _grid_image(tiles: np.ndarray, scale: int) -> Image.Image:
+    canvas = image_grid(tiles)
+    return Image.fromarray(canvas, mode="L").resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+
+
 def save_grid_png(tiles: np.ndarray, path: Path, scale: int = 3) -> None:
     """Save tiles (R, C, H, W) as one PNG, upscaled by `scale` with nearest neighbours."""
-    canvas = image_grid(tiles)
-    image = Image.fromarray(canvas, mode="L").resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST)
+    image = _grid_image(tiles, scale)
     with atomic_path(Path(path)) as tmp:
         image.save(tmp, format="PNG")
+
+
+def grid_png(tiles: np.ndarray, scale: int = 3) -> bytes:
+    """The bytes of the PNG `save_grid_png` writes."""
+    buffer = io.BytesIO()
+    _grid_image(tiles, scale).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -5,7 +5,9 @@ In JUnit, a failed spec is a <failure>, a unit test that could not run is an <er
 the figures go into <properties>. Of the falsified samples, `misclassified_at_t0` counts those
 the model already gets wrong at t = 0 (a clean error, not caused by the direction) and
 `flipped` those it gets right at t = 0 and flips along the direction; rows written before
-these counts existed (or error rows) show "-".
+these counts existed (or error rows) show "-". A unit test whose branch and bound a test-wide
+budget stopped (`budget_exhausted`) gets a line under the table: a warning for the wall-clock
+budget, whose verdict depends on the machine's speed, a note for the split budget.
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ def unreachable_threshold_notes(summary: dict[str, Any]) -> list[str]:
     return notes
 
 
+def budget_notes(summary: dict[str, Any]) -> list[str]:
+    """One line per unit test that a test-wide budget stopped: 'time' (the verdict depends on machine speed) or 'pieces' (deterministic)."""
+    notes = []
+    for test in summary["unit_tests"]:
+        stopped = test.get("stopped_by_budget")
+        samples = f"{stopped} samples" if isinstance(stopped, int) and not isinstance(stopped, bool) else "samples"
+        if test.get("budget_exhausted") == "time":
+            notes.append(
+                f"warning: {test['name']}: the wall-clock budget (verify.seconds_per_test) stopped {samples} undecided: "
+                "this verdict depends on the machine's speed and load; leave seconds_per_test unset for one that does not"
+            )
+        elif test.get("budget_exhausted") == "pieces":
+            notes.append(f"note: {test['name']}: the total split budget (verify.max_splits_per_test) stopped {samples}; raise it to decide them")
+    return notes
+
+
 def range_text(test: dict[str, Any]) -> str:
     """Ranges as written, e.g. "[-5, 5] degrees" or "[-5, 5] degrees x [-0.5, 0.5] pixels"."""
     texts = []
@@ -76,6 +94,8 @@ def junit_xml(summary: dict[str, Any]) -> str:
         for key in COUNTS:
             ET.SubElement(properties, "property", name=key, value=count_text(test.get(key)))
         ET.SubElement(properties, "property", name="range", value=range_text(test))
+        if test.get("budget_exhausted"):
+            ET.SubElement(properties, "property", name="budget_exhausted", value=str(test["budget_exhausted"]))
         if test.get("certificate"):
             ET.SubElement(properties, "property", name="certificate", value=test["certificate"])
         if test["verdict"] == "fail":
@@ -92,7 +112,7 @@ def junit_xml(summary: dict[str, Any]) -> str:
 
 
 def console_table(summary: dict[str, Any]) -> str:
-    """A fixed-width table of the unit tests and the overall verdict, with a note under it for each threshold above its clean accuracy."""
+    """A fixed-width table of the unit tests and the overall verdict, with a note under it for each threshold above its clean accuracy and each exhausted budget."""
     header = ("unit test", "direction", "range", "certified", "falsified", "misclassified at t=0", "flipped", "unknown", "clean", "threshold", "time", "verdict")
     rows = [header]
     for test in summary["unit_tests"]:
@@ -118,7 +138,7 @@ def console_table(summary: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    notes = unreachable_threshold_notes(summary)
+    notes = unreachable_threshold_notes(summary) + budget_notes(summary)
     if notes:
         lines += ["", *notes]
     lines.append(f"\naudit verdict: {summary['verdict'].upper()} ({sum(t['verdict'] == 'pass' for t in summary['unit_tests'])}/{len(summary['unit_tests'])} unit tests pass)")

@@ -7,7 +7,9 @@ JSON; every check re-derives that record from the config, the directions and the
 refuses a certificate whose `spec` differs. It also holds the spec as written, the latent box actually verified, the
 verification settings and methods, every sample's verdict, why it is not verified
 (`reason`), margin lower bound, number of branch-and-bound pieces and counterexample, the aggregates (with a Clopper-Pearson lower
-confidence bound) and verdict, the sha256 of every model's weights, of the direction vectors
+confidence bound, and `budget_exhausted`: "time" when the opt-in wall-clock budget stopped
+samples, so that a faster machine could decide more of them; "pieces" when the deterministic
+total split budget did; null otherwise) and verdict, the sha256 of every model's weights, of the direction vectors
 and of the sample-id list, the artifacts reused from other runs (by sha256), the software versions, and `content_sha256` = sha256 of the
 canonical JSON of all other fields. With a signing key, `signature` is an HMAC of that hash.
 """
@@ -159,6 +161,8 @@ def certificate_payload(
             "misclassified_at_t0": reasons.count(MISCLASSIFIED_AT_T0),
             "flipped": reasons.count(FLIPPED),
             "seconds": result.seconds,
+            "budget_exhausted": result.budget_exhausted,
+            "stopped_by_budget": result.stopped_by_budget,
         },
         "threshold": test.spec.threshold,
         "verdict": result.verdict,

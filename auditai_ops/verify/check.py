@@ -16,6 +16,7 @@ from auditai_ops.latent.generator import Generator
 from auditai_ops.layout import StepInputs
 from auditai_ops.verify.audited_model import build_audited_model
 from auditai_ops.verify.binding import BINDING, Check, certificate_checks, expected_specs, read_certificate
+from auditai_ops.verify.memory import MIB
 from auditai_ops.verify.resample import TestLatents, contradicted_samples
 from auditai_ops.verify.step import load_test_samples
 
@@ -28,8 +29,8 @@ def check_certificate(
     """Every check of one certificate against the config's unit tests and the models it names; valid when all of them pass.
 
     sample_points: also evaluate the model at that many evenly spaced points of the certified box
-    for every verified sample (`resample.contradicted_samples`); a prediction that leaves the
-    target class there contradicts the proof.
+    for every verified sample (`resample.contradicted_samples`, in chunks of `verify.chunk_memory_mb`
+    of estimated activations); a prediction that leaves the target class there contradicts the proof.
     """
     certificate = read_certificate(path)
     directions = load_directions(inputs.directions)
@@ -38,7 +39,8 @@ def check_certificate(
     checks = certificate_checks(certificate, expected, audited, config.gate.require_signature)
     bound = [c for c in checks if c.kind == BINDING]
     if sample_points is not None and bound and all(c.passed for c in bound):  # dense sampling needs only the right spec, models and samples
-        verified, used, contradicted = contradicted_samples(certificate, audited.network, directions, TestLatents.load(inputs.latents), sample_points)
+        latents = TestLatents.load(inputs.latents)
+        verified, used, contradicted = contradicted_samples(certificate, audited.network, directions, latents, sample_points, config.verify.chunk_memory_mb * MIB)
         detail = f"{verified} verified samples, {used} points each: " + (
             "none leaves its target class" if contradicted == 0 else f"{contradicted} leave their target class at a sampled point: the proof is unsound"
         )

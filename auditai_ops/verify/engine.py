@@ -13,8 +13,8 @@ Per sample, in batches:
    auto_LiRPA's IBP / CROWN / CROWN-IBP / alpha-CROWN); pieces whose min_j lower bound exceeds `min_margin` are
    proved. Unproved pieces are searched for counterexamples, then split in two along their
    widest axis (relative to the box), all pieces of all samples in one batch, until every
-   piece is proved, a counterexample is found, or the budget (pieces per sample, seconds)
-   runs out.
+   piece is proved, a counterexample is found, or the budget runs out (`Budget`: pieces per
+   sample, splits of all samples together, and, only when asked for, wall-clock seconds).
 Verdicts: verified (every piece proved), falsified (a confirmed counterexample), unknown.
 The reported margin lower bound of a sample is the minimum over its final pieces, a sound
 lower bound of min_t min_j m_j(t) on the whole box.
@@ -23,6 +23,7 @@ lower bound of min_t min_j m_j(t) on the whole box.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from auditai_ops.verify.line_model import LatentLine
 from auditai_ops.verify.linear_bounds import AffineBounds, latent_line_input
 from auditai_ops.verify.linear_bounds import margin_lower_bounds as linear_margin_lower_bounds
 from auditai_ops.verify.lirpa_compat import build_bounded_module, compute_margin_lower_bounds
+from auditai_ops.verify.memory import MIB, PointCost, point_cost
 
 VERIFIED, FALSIFIED, UNKNOWN = "verified", "falsified", "unknown"
 LINEAR_METHODS = ("forward", "forward+backward")
@@ -64,12 +66,39 @@ class Falsifier:
     seed: int = 0
 
 
+STOPPED_BY_PIECES, STOPPED_BY_SPLITS, STOPPED_BY_TIME = "max_pieces", "max_splits_per_test", "seconds_per_test"
+"""Which budget stopped a sample's branch and bound (`SampleOutcomes.stopped_by`); '' where none did."""
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Branch and bound stops a sample at `max_pieces` pieces, and every sample after `seconds`."""
+    """When branch and bound stops: a sample at `max_pieces` pieces; any sample whose splits would take
+    the samples' total past `splits` (None: no total); every sample after `seconds` of wall-clock time.
+
+    The first two are deterministic. `seconds` (default: none) makes the result depend on the
+    machine's speed; samples it stops are marked, and re-checking a proof never sets it.
+    """
 
     max_pieces: int = 64
-    seconds: float = 300.0
+    seconds: float = math.inf
+    splits: int | None = None
+
+
+def stop_for_splits(open_count: np.ndarray, candidates: np.ndarray, splits_left: int) -> np.ndarray:
+    """Which of the `candidates` (sample indices, each about to split `open_count[s]` pieces) must stop so the rest fit in `splits_left`.
+
+    The samples with the most open pieces stop first (ties: the later sample), so the budget
+    goes to as many samples as it can; the choice depends only on the pieces, never on timing.
+    """
+    needed = open_count[candidates]
+    if needed.sum() <= splits_left:
+        return np.zeros(len(candidates), dtype=bool)
+    order = np.lexsort((-candidates, -needed))  # most pieces first, later samples first among equals
+    remaining = np.cumsum(needed[order][::-1])[::-1]  # splits of this sample and of every one after it in `order`
+    first_kept = int(np.argmax(remaining <= splits_left)) if (remaining <= splits_left).any() else len(order)
+    stop = np.zeros(len(candidates), dtype=bool)
+    stop[order[:first_kept]] = True
+    return stop
 
 
 @dataclass(frozen=True)
@@ -83,6 +112,8 @@ class SampleOutcomes:
     counterexample_t: np.ndarray
     counterexample_class: np.ndarray
     counterexample_margin: np.ndarray
+    stopped_by: np.ndarray
+    """Which budget stopped the sample's branch and bound (STOPPED_BY_*), '' where none did."""
 
     def fraction(self, verdict: str) -> float:
         return float(np.mean(self.verdicts == verdict)) if len(self.verdicts) else 0.0
@@ -151,14 +182,26 @@ class LineVerifier:
     classifier o decoder in pixel mode.
     """
 
-    def __init__(self, model: nn.Module, directions: np.ndarray, device: torch.device, batch_size: int) -> None:
+    def __init__(self, model: nn.Module, directions: np.ndarray, device: torch.device, batch_size: int, chunk_bytes: int = 256 * MIB) -> None:
+        """chunk_bytes: the estimated activation memory of one chunk of points or auto_LiRPA boxes (`auditai_ops.verify.memory`)."""
         self.device = device
         self.batch_size = batch_size
+        self.chunk_bytes = chunk_bytes
         self.directions = torch.from_numpy(np.atleast_2d(directions).astype(np.float32)).to(device)
         self.line = LatentLine(copy.deepcopy(model), self.directions).to(device).eval().requires_grad_(False)
         with torch.no_grad():
             self.num_classes = int(self.line(torch.zeros(1, self.directions.shape[0], device=device), torch.zeros(1, self.directions.shape[1], device=device)).shape[1])
         self._bounded = None
+        self._cost: PointCost | None = None
+
+    @property
+    def point_cost(self) -> PointCost:
+        """The network's activation memory per point, measured once on one point."""
+        if self._cost is None:
+            k, dim = self.directions.shape
+            t, z = torch.zeros(1, k, device=self.device), torch.zeros(1, dim, device=self.device)
+            self._cost = point_cost(lambda: self.line(t, z), self.line)
+        return self._cost
 
     def _bounded_module(self):  # noqa: ANN202 - auto_LiRPA's BoundedModule, imported lazily
         if self._bounded is None:
@@ -211,6 +254,8 @@ class LineVerifier:
         cex_t = np.full((count, k), np.nan)
         cex_class = np.full(count, -1, dtype=np.int64)
         cex_margin = np.full(count, np.nan)
+        stopped_by = np.full(count, "", dtype=object)
+        splits_left = budget.splits if budget.splits is not None else math.inf
 
         def record(found: dict[int, tuple[np.ndarray, int, float]], how: str) -> None:
             for sample, (t, predicted, margin) in found.items():
@@ -250,8 +295,16 @@ class LineVerifier:
             alive = verdicts[open_pieces.owner] != FALSIFIED
             open_pieces, piece_lower = open_pieces.keep(alive), piece_lower[alive]
             open_count = np.bincount(open_pieces.owner, minlength=count)
-            out_of_time = time.perf_counter() - started > budget.seconds
-            exhausted = out_of_time | (pieces_used[open_pieces.owner] + open_count[open_pieces.owner] > budget.max_pieces)
+            owners = np.unique(open_pieces.owner)
+            reason = np.full(count, "", dtype=object)
+            if math.isfinite(budget.seconds) and time.perf_counter() - started > budget.seconds:
+                reason[owners] = STOPPED_BY_TIME
+            else:
+                reason[owners[pieces_used[owners] + open_count[owners] > budget.max_pieces]] = STOPPED_BY_PIECES
+                going_on = owners[reason[owners] == ""]
+                reason[going_on[stop_for_splits(open_count, going_on, splits_left)]] = STOPPED_BY_SPLITS
+            exhausted = reason[open_pieces.owner] != ""
+            stopped_by[reason != ""] = reason[reason != ""]
             if exhausted.any() and refine_method is not None:
                 refined = self._lower_bound(z_all, y_all, open_pieces.keep(exhausted), refine_method, min_margin)
                 piece_lower[exhausted] = np.fmax(piece_lower[exhausted], refined)
@@ -263,6 +316,7 @@ class LineVerifier:
             close(open_pieces.keep(stopped), piece_lower[stopped], None)
             open_pieces = open_pieces.keep(~stopped)
             np.add.at(pieces_used, open_pieces.owner, 1)
+            splits_left -= len(open_pieces.owner)
             open_pieces = open_pieces.split(scale)
 
         falsified = verdicts == FALSIFIED
@@ -270,7 +324,7 @@ class LineVerifier:
         verdicts[verified] = VERIFIED
         decided[verified] = [ranks[r] for r in proof_rank[verified]]
         lower[falsified] = np.nan
-        return SampleOutcomes(verdicts.astype(str), lower, decided.astype(str), pieces_used, cex_t, cex_class, cex_margin)
+        return SampleOutcomes(verdicts.astype(str), lower, decided.astype(str), pieces_used, cex_t, cex_class, cex_margin, stopped_by.astype(str))
 
     def _rows(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, outward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latents, targets and float32 corners (outward for bounds, inward for test points) of some pieces."""
@@ -279,22 +333,33 @@ class LineVerifier:
         return z_all[owner], y_all[owner], torch.from_numpy(low32).to(self.device), torch.from_numpy(high32).to(self.device)
 
     def _falsify(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, grid_points: int, falsifier: Falsifier) -> dict[int, tuple[np.ndarray, int, float]]:
-        """Counterexamples inside the pieces: {sample: (t, predicted class, margin)}, each re-confirmed."""
+        """Counterexamples inside the pieces: {sample: (t, predicted class, margin)}, each re-confirmed.
+
+        Pieces are searched in chunks of at most 65,536 points and of an estimated activation
+        memory under `chunk_bytes`. Random starts are drawn for every piece in order, those of
+        pieces skipped (their sample already falsified) included, so each piece gets the same
+        starts however the pieces are chunked (torch's CPU generator draws a tensor's numbers in sequence).
+        """
         k = self.directions.shape[0]
         per_axis = max(2, round(grid_points ** (1.0 / k)))
         unit = torch.cartesian_prod(*[torch.linspace(0.0, 1.0, per_axis, device=self.device)] * k).reshape(-1, k)
         generator = torch.Generator(device="cpu").manual_seed(falsifier.seed)
         starts = 1 + max(0, falsifier.restarts - 1)
-        chunk = max(1, 65536 // (len(unit) + starts))
+        cost = self.point_cost
+        piece_bytes = (len(unit) + starts) * cost.peak + (starts * cost.saved if falsifier.steps else 0)
+        chunk = max(1, min(65536 // (len(unit) + starts), self.chunk_bytes // piece_bytes))
         found: dict[int, tuple[np.ndarray, int, float]] = {}
         for first in range(0, len(pieces.owner), chunk):
-            part = pieces.keep(np.arange(first, min(first + chunk, len(pieces.owner))))
-            part = part.keep(np.array([owner not in found for owner in part.owner], dtype=bool))
-            if not len(part.owner):
+            rows = np.arange(first, min(first + chunk, len(pieces.owner)))
+            random = torch.rand((len(rows), starts - 1, k), generator=generator) if falsifier.steps else None
+            kept = np.array([owner not in found for owner in pieces.owner[rows]], dtype=bool)
+            rows, random = rows[kept], (random[torch.from_numpy(kept)].to(self.device) if random is not None else None)
+            if not len(rows):
                 continue
+            part = pieces.keep(rows)
             z, y, low, high = self._rows(z_all, y_all, part, outward=False)
             grid = (low[:, None, :] + unit[None] * (high - low)[:, None, :]).clamp(low[:, None, :], high[:, None, :])
-            candidates = self._descend(z, y, grid, low, high, generator, falsifier, starts)
+            candidates = self._descend(z, y, grid, low, high, random, falsifier, starts)
             with torch.no_grad():
                 n, m = candidates.shape[:2]
                 values = margins(self.line(candidates.reshape(-1, k), z.repeat_interleave(m, dim=0)).view(n, m, -1), y[:, None].expand(n, m))
@@ -310,16 +375,15 @@ class LineVerifier:
         return found
 
     def _descend(
-        self, z: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, low: torch.Tensor, high: torch.Tensor, generator: torch.Generator, falsifier: Falsifier, starts: int
+        self, z: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, low: torch.Tensor, high: torch.Tensor, random: torch.Tensor | None, falsifier: Falsifier, starts: int
     ) -> torch.Tensor:
-        """Grid points plus the end points of signed-gradient descent on the margin (from the worst grid point and random starts)."""
+        """Grid points plus the end points of signed-gradient descent on the margin (from the worst grid point and the random starts, in [0, 1]^k per piece)."""
         n, points, k = grid.shape
         with torch.no_grad():
             values = margins(self.line(grid.reshape(-1, k), z.repeat_interleave(points, dim=0)).view(n, points, -1), y[:, None].expand(n, points))
-        if falsifier.steps == 0:
+        if falsifier.steps == 0 or random is None:
             return grid
         worst = grid[torch.arange(n), values.argmin(dim=1)][:, None, :]
-        random = torch.rand((n, starts - 1, k), generator=generator).to(self.device)
         t = torch.cat([worst, low[:, None, :] + random * (high - low)[:, None, :]], dim=1)
         spacing = (high - low)[:, None, :] / max(1, round(points ** (1.0 / k)) - 1)
         for step in range(falsifier.steps):
@@ -334,11 +398,16 @@ class LineVerifier:
     def _lower_bound(self, z_all: torch.Tensor, y_all: torch.Tensor, pieces: _Pieces, method: str, min_margin: float) -> np.ndarray:
         """min_j of the lower bounds of the margins on each piece, in batches of `batch_size` pieces.
 
-        forward+backward back-substitutes only the margins that decide the proof (see `linear_margin_bounds`).
+        forward+backward back-substitutes only the margins that decide the proof (see `linear_margin_bounds`);
+        the linear methods chunk their boxes by memory themselves. auto_LiRPA's methods take
+        batches whose estimated memory, a point's activations per margin and per bound, stays under `chunk_bytes`.
         """
+        batch = self.batch_size
+        if method not in LINEAR_METHODS:
+            batch = min(batch, self.point_cost.points(self.chunk_bytes) // (2 * self.num_classes + 2) or 1)
         results = []
-        for first in range(0, len(pieces.owner), self.batch_size):
-            part = pieces.keep(np.arange(first, min(first + self.batch_size, len(pieces.owner))))
+        for first in range(0, len(pieces.owner), batch):
+            part = pieces.keep(np.arange(first, min(first + batch, len(pieces.owner))))
             z, y, low, high = self._rows(z_all, y_all, part, outward=True)
             spec = margin_specification(y, self.num_classes)
             if method in LINEAR_METHODS:

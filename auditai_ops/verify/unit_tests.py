@@ -10,6 +10,7 @@ prediction) for every sample z and every t in the box; the requirement is certif
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -20,10 +21,13 @@ from torch import nn
 from auditai_ops.config import UnitTestConfig, VerifyConfig
 from auditai_ops.directions.discover import Direction
 from auditai_ops.errors import AuditInputError
-from auditai_ops.verify.engine import FALSIFIED, UNKNOWN, VERIFIED, Budget, Falsifier, LineVerifier, SampleOutcomes
+from auditai_ops.verify.engine import FALSIFIED, STOPPED_BY_SPLITS, STOPPED_BY_TIME, UNKNOWN, VERIFIED, Budget, Falsifier, LineVerifier, SampleOutcomes
+from auditai_ops.verify.memory import MIB
 from auditai_ops.verify.stats import clopper_pearson_lower
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
+BUDGET_TIME, BUDGET_PIECES = "time", "pieces"
+"""`budget_exhausted` of a unit test: the wall-clock budget stopped a sample (the result depends on the machine's speed), or the total split budget did."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,40 @@ class UnitTestResult:
         return self.outcomes.fraction(UNKNOWN)
 
     @property
+    def budget_exhausted(self) -> str | None:
+        """'time' when `seconds_per_test` stopped any sample's branch and bound, else 'pieces' when `max_splits_per_test` did, else None."""
+        return budget_exhausted(self.outcomes)
+
+    @property
+    def stopped_by_budget(self) -> int:
+        """How many samples the test-wide budgets (time, total splits) stopped; the per-sample `max_pieces` is not counted."""
+        return int(np.isin(self.outcomes.stopped_by, (STOPPED_BY_TIME, STOPPED_BY_SPLITS)).sum())
+
+    @property
     def verdict(self) -> str:
         spec = self.test.spec
         measured = self.certified_accuracy if spec.threshold_on == "estimate" else self.certified_accuracy_lower_bound
         return PASS if measured >= spec.threshold else FAIL
+
+
+def budget_exhausted(outcomes: SampleOutcomes) -> str | None:
+    """'time' if the wall-clock budget stopped any sample, else 'pieces' if the total split budget did, else None."""
+    if np.any(outcomes.stopped_by == STOPPED_BY_TIME):
+        return BUDGET_TIME
+    if np.any(outcomes.stopped_by == STOPPED_BY_SPLITS):
+        return BUDGET_PIECES
+    return None
+
+
+def split_share(total: int, start: int, stop: int, count: int) -> int:
+    """The splits of a total budget that samples [start, stop) of `count` get: floor(total stop / count) - floor(total start / count).
+
+    The shares of any partition into consecutive ranges add up to `total` exactly, and a block's
+    share depends only on its positions, so it is the same in every shard layout.
+    """
+    if count <= 0:
+        return 0
+    return total * stop // count - total * start // count
 
 
 def _latent_interval(where: str, direction: Direction, low: float, high: float, units: str) -> tuple[float, float]:
@@ -167,7 +201,7 @@ def block_seed(seed: int, block: int) -> int:
 
 def empty_outcomes(k: int) -> SampleOutcomes:
     """Outcomes of no samples (k directions)."""
-    return SampleOutcomes(np.zeros(0, "<U9"), np.zeros(0), np.zeros(0, "<U16"), np.zeros(0, np.int64), np.zeros((0, k)), np.zeros(0, np.int64), np.zeros(0))
+    return SampleOutcomes(np.zeros(0, "<U9"), np.zeros(0), np.zeros(0, "<U16"), np.zeros(0, np.int64), np.zeros((0, k)), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, "<U19"))
 
 
 def concatenate_outcomes(parts: list[SampleOutcomes]) -> SampleOutcomes:
@@ -181,21 +215,38 @@ def unit_test_samples(test: ResolvedUnitTest, samples: AuditSamples, settings: V
     return samples.first(test.spec.samples or settings.samples)
 
 
+def line_verifier(model: nn.Module, test: ResolvedUnitTest, settings: VerifyConfig, device: torch.device) -> LineVerifier:
+    """The verifier of a unit test with the settings' batch size and chunk memory."""
+    return LineVerifier(model, test.matrix, device, settings.batch_size, settings.chunk_memory_mb * MIB)
+
+
+def block_budget(settings: VerifyConfig, start: int, stop: int, count: int, seconds_left: float | None) -> Budget:
+    """The budget of samples [start, stop) of a unit test's `count`: max_pieces each, their share of max_splits_per_test, and the time left (None: no time budget)."""
+    return Budget(settings.max_pieces, math.inf if seconds_left is None else max(seconds_left, 1e-3), split_share(settings.max_splits_per_test, start, stop, count))
+
+
 def run_unit_test(test: ResolvedUnitTest, model: nn.Module, samples: AuditSamples, settings: VerifyConfig, device: torch.device, shard: Shard = Shard()) -> UnitTestResult:
-    """Falsify, then branch and bound, the shard's samples of the unit test, block by block."""
+    """Falsify, then branch and bound, the shard's samples of the unit test, block by block.
+
+    Each block gets its share of `max_splits_per_test` (`split_share`), so results depend on
+    neither timing nor the shard layout; `seconds_per_test`, when set, is the wall-clock budget
+    of the shard's blocks together.
+    """
     started = time.perf_counter()
     chosen = unit_test_samples(test, samples, settings)
     positions = shard.positions(len(chosen.ids), settings.block_size)
     mine = AuditSamples(chosen.ids[positions], chosen.latents[positions], chosen.labels[positions])
-    verifier = LineVerifier(model, test.matrix, device, settings.batch_size)
+    verifier = line_verifier(model, test, settings, device)
+    points_at_once = min(settings.batch_size, verifier.point_cost.points(verifier.chunk_bytes))
     predictions, outcomes = [np.zeros(0, np.int64)], [empty_outcomes(len(test.directions))]
     for first in range(0, len(positions), settings.block_size):
         rows = slice(first, first + settings.block_size)
-        block_predictions = clean_predictions(model, mine.latents[rows], device, settings.batch_size)
+        block_predictions = clean_predictions(model, mine.latents[rows], device, points_at_once)
         targets = mine.labels[rows] if test.spec.property == "true_label" else block_predictions
-        seconds_left = max(settings.seconds_per_test - (time.perf_counter() - started), 1e-3)
         falsifier = Falsifier(settings.falsify_grid, settings.falsify_steps, settings.falsify_restarts, block_seed(settings.seed, int(positions[first]) // settings.block_size))
-        budget = Budget(settings.max_pieces, seconds_left)
+        seconds_left = None if settings.seconds_per_test is None else settings.seconds_per_test - (time.perf_counter() - started)
+        start = int(positions[first])
+        budget = block_budget(settings, start, start + len(mine.ids[rows]), len(chosen.ids), seconds_left)
         outcomes.append(verifier.verify(mine.latents[rows], targets, test.t_low, test.t_high, settings.methods, falsifier, budget, settings.min_margin, settings.refine_method))
         predictions.append(block_predictions)
     all_predictions = np.concatenate(predictions)

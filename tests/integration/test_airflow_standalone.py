@@ -1,12 +1,14 @@
-"""The README's `airflow standalone` recipe, run as written: every component comes up and stays up, a DAG runs, and Ctrl-C stops it all.
+"""The README's `airflow standalone` recipe (dags/standalone.sh), run as written: every component comes up and stays up, a DAG runs, and Ctrl-C stops it all.
 
 The commands are read from the README's "Locally with `airflow standalone`" block, so the test
 breaks when the README drifts. Only what must differ here is changed, after the README's own
 exports: AIRFLOW_HOME, the MLflow store and the work folders go to a temporary folder, and the API
 server listens on a free port of 127.0.0.1. PATH is the test's own minus every folder holding an
-`airflow` executable, so only the README's PATH entry can make `airflow` resolvable: without it,
-`airflow standalone` starts its components as `airflow` from PATH and every one of them dies with
-FileNotFoundError.
+`airflow` executable, so only the recipe can make `airflow` resolvable: without the venv's bin/ on
+PATH, `airflow standalone` starts its components as `airflow` from PATH and every one of them dies
+with FileNotFoundError. Ctrl-C is sent as a terminal sends it, to the foreground process group,
+and the whole recipe must exit and leave no process behind (plain `airflow standalone` often
+hangs there: see dags/standalone.sh).
 """
 
 from __future__ import annotations
@@ -47,11 +49,11 @@ def readme_recipe() -> dict[str, list[str]]:
     block = re.search(r"```bash\n(.*?)```", text[text.index(SECTION) :], re.S)
     assert block is not None, "the standalone section has no bash block"
     lines = [line for line in block.group(1).splitlines() if line.strip()]
-    (standalone,) = [index for index, line in enumerate(lines) if re.match(r"\S*airflow standalone\b", line)]
     (second,) = [index for index, line in enumerate(lines) if line.startswith("# in a second shell")]
-    exports = lines[:standalone]
+    *exports, standalone = lines[:second]  # the exports, then the command that starts standalone
+    assert re.match(r"\S*(airflow standalone|standalone\.sh)\b", standalone), standalone
     assert exports and all(line.startswith("export ") for line in exports), exports
-    return {"exports": exports, "standalone": [lines[standalone]], "second": [line for line in lines[second + 1 :] if not line.startswith("#")]}
+    return {"exports": exports, "standalone": [standalone], "second": [line for line in lines[second + 1 :] if not line.startswith("#")]}
 
 
 def free_port() -> int:
@@ -159,11 +161,11 @@ class Standalone:
         raise AssertionError(f"{what} within {seconds} s; standalone's output:\n{self.output()[-4000:]}")
 
     def stop(self) -> float:
-        """Ctrl-C as a terminal sends it (SIGINT to the process group), then SIGKILL to whatever is left; returns the seconds a clean stop took."""
+        """Ctrl-C as a terminal sends it: SIGINT to the foreground process group, the one the README's command was started in; the seconds until it exited."""
         assert self.process is not None
         started = time.monotonic()
         try:
-            os.killpg(self.process.pid, signal.SIGINT)  # bash exec'd standalone: its pid is the group's id
+            os.killpg(self.process.pid, signal.SIGINT)  # bash exec'd the README's command: its pid is the group's id
             self.process.wait(timeout=STOP_SECONDS)
         except (subprocess.TimeoutExpired, ProcessLookupError):
             pass
@@ -260,7 +262,8 @@ def test_the_readme_standalone_recipe_starts_every_component_runs_a_dag_and_stop
     assert "FileNotFoundError" not in output, output[-4000:]
     assert "Shutting down components" in output, output[-4000:]
     running = describe(processes_of(standalone.marker))
-    assert standalone.process is not None and standalone.process.returncode is not None, f"standalone did not exit on SIGINT in {STOP_SECONDS} s: {running}\n{output[-3000:]}"
+    assert standalone.process is not None and standalone.process.returncode is not None, f"no exit on Ctrl-C in {STOP_SECONDS} s: {running}\n{output[-3000:]}"
+    assert standalone.process.returncode == 0, output[-3000:]
     left = describe(standalone.kill_leftovers())
     assert left == [], f"processes left after Ctrl-C: {left}"
     print(f"standalone: components healthy and DAGs parsed in {up_seconds:.0f} s; stopped in {stop_seconds:.1f} s")

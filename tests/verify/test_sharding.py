@@ -1,4 +1,4 @@
-"""Sharded verification: shards merged back equal an unsharded run; bad shard sets are refused."""
+"""Sharded verification: shards merged back equal an unsharded run, and merging verifies nothing; bad shard sets are refused."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import yaml
 
 from auditai_ops.cli.main import main
 from auditai_ops.errors import AuditInputError
+from auditai_ops.verify import step
+from auditai_ops.verify.engine import LineVerifier
 from auditai_ops.verify.unit_tests import Shard
 
 TIMING_FIELDS = ("created_at", "content_sha256", "signature")
@@ -55,15 +57,23 @@ def test_bad_shard_text_is_refused(text: str) -> None:
         Shard.parse(text)
 
 
+def _no_heavy_work(*args: object, **kwargs: object) -> None:
+    raise AssertionError("merge must not verify, decode or bound anything: the shards did")
+
+
 @pytest.mark.slow
-def test_merged_shards_equal_an_unsharded_run(small_run: Path, tmp_path: Path) -> None:
+def test_merged_shards_equal_an_unsharded_run(small_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = _config(small_run, tmp_path)
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
     assert main(["verify", "--config", str(config), "--out", str(whole)]) in (0, 1)
     for index in range(3):
         assert main(["verify", "--config", str(config), "--out", str(sharded), "--shard", f"{index}/3"]) == 0
     assert not (sharded / "summary.json").exists()
-    assert main(["merge", "--config", str(config), "--out", str(sharded)]) in (0, 1)
+    with monkeypatch.context() as patch:
+        patch.setattr(LineVerifier, "verify", _no_heavy_work)
+        patch.setattr(step, "counterexample_pngs", _no_heavy_work)
+        patch.setattr(step, "curve_counts", _no_heavy_work)
+        assert main(["merge", "--config", str(config), "--out", str(sharded)]) in (0, 1)
     for name in ("slant_wide", "slant_x_thickness"):
         expected = json.loads((whole / "certificates" / f"{name}.json").read_text())
         merged = json.loads((sharded / "certificates" / f"{name}.json").read_text())
@@ -71,9 +81,12 @@ def test_merged_shards_equal_an_unsharded_run(small_run: Path, tmp_path: Path) -
         verdicts = {sample["verdict"] for sample in merged["samples"]}
         assert "falsified" in verdicts and "verified" in verdicts, "the comparison must cover both kinds of samples"
     falsified = [s for s in expected["samples"] if s["counterexample"]]
-    assert all((sharded / s["counterexample"]["image"]).is_file() for s in falsified)
+    assert all((sharded / s["counterexample"]["image"]).read_bytes() == (whole / s["counterexample"]["image"]).read_bytes() for s in falsified)
     whole_summary, merged_summary = (json.loads((folder / "summary.json").read_text()) for folder in (whole, sharded))
     assert [t["verdict"] for t in merged_summary["unit_tests"]] == [t["verdict"] for t in whole_summary["unit_tests"]]
+    curves = [t["range_curve"] for t in merged_summary["unit_tests"]]
+    assert curves == [t["range_curve"] for t in whole_summary["unit_tests"]], "the shards' range-curve counts add up to the unsharded curve"
+    assert any(point["falsified_fraction"] > 0 for curve in curves for point in curve[:-1]), "the comparison must cover sub-boxes with falsified samples"
 
 
 @pytest.mark.slow
@@ -93,3 +106,16 @@ def test_merge_refuses_incomplete_or_foreign_shards(small_run: Path, tmp_path: P
     assert not (out / "summary.json").exists()
     assert main(["merge", "--config", str(config), "--out", str(tmp_path / "empty")]) == 2
     assert "no shard-i-of-N.npz files found" in capsys.readouterr().err
+    first = out / "shards" / "shard-0-of-2.npz"
+    copy = tmp_path / "copy" / "shard-0-of-2.npz"
+    copy.parent.mkdir()
+    copy.write_bytes(first.read_bytes())
+    assert main(["merge", "--config", str(config), "--out", str(out), str(first), str(copy)]) == 2
+    assert "shard 0/2 is given twice" in capsys.readouterr().err
+    with np.load(first) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    header = json.loads(str(arrays["header"]))
+    del header["format"]
+    np.savez(first, **{**arrays, "header": np.array(json.dumps(header))})
+    assert main(["merge", "--config", str(config), "--out", str(out), str(first)]) == 2
+    assert "shard file format 1" in capsys.readouterr().err
