@@ -10,7 +10,7 @@ summary included) in a fresh process and prints, from one run: wall time, sample
 per second, peak resident memory (the process's, from wait4), the time spent verifying (the
 certificates' own `seconds`), and the growth between scales (time ratio over size ratio: 1.0
 is linear) with the marginal throughput, which start-up does not blur.
-Run: .venv/bin/python benchmarks/bench_scale.py [--run runs/bench-audit] [--directions 100] [--samples 100,1000,10000]
+Run: .venv/bin/python benchmarks/bench_scale.py [--run runs/bench-audit] [--directions 100] [--samples 100,1000,10000] [--device cuda]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/bench-audit"), help="audit folder (made when missing)")
     parser.add_argument("--directions", type=int, default=100)
     parser.add_argument("--samples", default="100,1000,10000", help="comma-separated sample counts per unit test")
+    parser.add_argument("--device", default="cpu", help="verify.device: cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of the verify process (default: torch's choice)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the audits under this folder")
     args = parser.parse_args()
@@ -56,14 +57,14 @@ def main() -> None:
     tests = unit_tests(scratch / "directions", names)
     load = os.getloadavg()
     print(
-        f"latent mode, {len(tests)} unit tests (one per direction: {len(names) - sum(n.startswith('random') for n in names)} discovered, "
+        f"latent mode on {args.device}, {len(tests)} unit tests (one per direction: {len(names) - sum(n.startswith('random') for n in names)} discovered, "
         f"{sum(n.startswith('random') for n in names)} random), {os.cpu_count()} cores, load average before {load[0]:.2f}"
     )
     print(f"{'samples':>8} {'sample-dirs':>11} {'wall s':>8} {'verify s':>9} {'per s':>8} {'peak MiB':>9} {'certified':>9} {'falsified':>9}  exit  load")
     rows = []
     try:
         for samples in (int(s) for s in args.samples.split(",")):
-            config = {"inputs": inputs(folder, scratch / "directions"), "tracking": {"enabled": False}, "verify": {"samples": samples}, "unit_tests": tests}
+            config = {"inputs": inputs(folder, scratch / "directions"), "tracking": {"enabled": False}, "verify": {"samples": samples, "device": args.device}, "unit_tests": tests}
             path = scratch / f"scale-{samples}.yaml"
             path.write_text(yaml.safe_dump(config))
             out = scratch / f"scale-{samples}"
@@ -86,11 +87,13 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(scratch, ignore_errors=True)
     for (small, small_wall), (large, large_wall) in zip(rows, rows[1:], strict=False):
-        marginal = (large - small) / (large_wall - small_wall) if large_wall > small_wall else float("inf")
         growth = large_wall / small_wall
         print(f"{small:>8d} -> {large:d}: size x{large / small:.0f}, time x{growth:.2f} (time ratio / size ratio {growth / (large / small):.2f}); ", end="")
-        print(f"marginal {marginal:.0f} sample-directions/s")
-    if rows and rows[-1][0] < 10**6 and len(rows) > 1:
+        if large_wall > small_wall:
+            print(f"marginal {(large - small) / (large_wall - small_wall):.0f} sample-directions/s")
+        else:
+            print("no marginal rate: the smaller audit took as long (fixed costs per unit test, or the machine's load)")
+    if len(rows) > 1 and rows[-1][0] < 10**6 and rows[-1][1] > rows[-2][1]:
         (small, small_wall), (large, large_wall) = rows[-2], rows[-1]
         rate = (large - small) / (large_wall - small_wall)
         print(f"extrapolated (not measured) 10^6 sample-directions: {large_wall + (10**6 - large) / rate:.0f} s at the marginal rate")

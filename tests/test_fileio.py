@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditai_ops.fileio import atomic_path, write_json, write_npz, write_text
+from auditai_ops.fileio import atomic_path, write_files, write_json, write_npz, write_text
 from auditai_ops.report.images import save_grid_png
 
 
@@ -32,6 +32,7 @@ WRITERS: dict[str, Callable[[Path], None]] = {
     "json": lambda path: write_json(path, {"a": 1}),
     "npz": lambda path: write_npz(path, {"a": np.arange(3)}),
     "png": lambda path: save_grid_png(np.zeros((1, 1, 2, 2)), path),
+    "files": lambda path: write_files(path.parent, {path.name: b"bytes"}),
 }
 
 
@@ -94,3 +95,10 @@ def test_temporary_names_never_reuse_an_existing_file(tmp_path: Path, monkeypatc
     (tmp_path / ".gate.json.aaaa.tmp").symlink_to(victim)
     write_text(tmp_path / "gate.json", "decision")
     assert victim.read_text() == "untouched" and (tmp_path / "gate.json").read_text() == "decision"
+
+
+def test_many_files_are_written_whole_and_leave_no_temporary_file(tmp_path: Path) -> None:
+    (tmp_path / "out" / "b.png").parent.mkdir()
+    (tmp_path / "out" / "b.png").write_bytes(b"previous")
+    write_files(tmp_path / "out", {"a.png": b"first", "b.png": b"second", "c.png": b""})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == {"a.png": b"first", "b.png": b"second", "c.png": b""}

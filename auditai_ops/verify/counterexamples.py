@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from auditai_ops.fileio import atomic_path
+from auditai_ops.fileio import write_files
 from auditai_ops.latent.mapping import decode
 from auditai_ops.layout import COUNTEREXAMPLES_DIR
 from auditai_ops.report.images import grid_png
@@ -43,13 +43,10 @@ def counterexample_pngs(decoder: nn.Module, result: UnitTestResult) -> dict[str,
 
 def write_counterexample_images(test_name: str, pngs: dict[str, bytes], out_dir: Path) -> dict[str, str]:
     """Write the PNGs of one unit test into `out_dir`; return {sample id: PNG path relative to out_dir}."""
-    paths = {}
-    for sample_id, png in pngs.items():
-        relative = image_path(test_name, sample_id)
-        with atomic_path(Path(out_dir) / relative) as tmp:
-            tmp.write_bytes(png)
-        paths[sample_id] = relative
-    return paths
+    if not pngs:
+        return {}
+    write_files(Path(out_dir) / COUNTEREXAMPLES_DIR / test_name, {image_name(sample_id): png for sample_id, png in pngs.items()})
+    return {sample_id: image_path(test_name, sample_id) for sample_id in pngs}
 
 
 def save_counterexample_images(decoder: nn.Module, result: UnitTestResult, out_dir: Path) -> dict[str, str]:

@@ -189,7 +189,7 @@ def test_s3_datasets_and_model_references_round_trip(s3_env: dict[str, str], sma
     assert load_model_detailed(source, input_shape=(16,)).weights_sha256 == load_model_detailed(parse_model_reference(str(head)), input_shape=(16,)).weights_sha256
 
     s3.put_object(Bucket=BUCKET, Key="data/digits.npz", Body=b"changed")  # type: ignore[attr-defined]
-    with pytest.raises(AuditInputError, match="not a readable .npz"):  # a changed object (new ETag) is fetched again
+    with pytest.raises(AuditInputError, match="not an .npz archive"):  # a changed object (new ETag) is fetched again
         load_dataset("s3://auditai/data/digits.npz")
 
     with pytest.raises(AuditInputError, match=r"'s3://auditai/data/missing.npz': cannot fetch from S3 \((404|NoSuchKey)\)"):
