@@ -22,7 +22,7 @@ MIB = 1 << 20
 
 @dataclass(frozen=True)
 class PointCost:
-    """Bytes per point: `peak` for a forward pass without gradients (the largest layer, input + output + work buffer), `saved` for one with them (every layer's input and output)."""
+    """Bytes per point: `peak` without gradients (the largest layer: input, output and work buffer); `saved`, kept for a backward pass (every layer's input and output)."""
 
     peak: int
     saved: int

@@ -17,7 +17,7 @@ from auditai_ops.cli.main import main
 from auditai_ops.config import VerifyConfig
 from auditai_ops.directions.discover import Direction
 from auditai_ops.report.render import console_table, junit_xml
-from auditai_ops.verify import engine
+from auditai_ops.verify import engine, resample
 from auditai_ops.verify.engine import (
     STOPPED_BY_PIECES,
     STOPPED_BY_SPLITS,
@@ -30,7 +30,6 @@ from auditai_ops.verify.engine import (
     stop_for_splits,
 )
 from auditai_ops.verify.memory import point_cost
-from auditai_ops.verify import resample
 from auditai_ops.verify.unit_tests import Shard, split_share
 
 CPU = torch.device("cpu")

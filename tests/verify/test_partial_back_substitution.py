@@ -140,16 +140,18 @@ def _problem(network: nn.Module, seed: int, batch: int, half_width: float) -> tu
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 10_000), half_width=st.floats(0.02, 1.0), activation=st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid]))
-def test_partial_bounds_are_sound_and_prove_what_the_full_one_proves(every_checkpoint: list[int | None], seed: int, half_width: float, activation: type[nn.Module]) -> None:
+@given(seed=st.integers(0, 10_000), half_width=st.floats(0.02, 1.0), activation=st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid]), interval=st.booleans())
+def test_partial_bounds_are_sound_and_prove_what_the_full_one_proves(
+    every_checkpoint: list[int | None], seed: int, half_width: float, activation: type[nn.Module], interval: bool
+) -> None:
     network = _random_network(seed, activation)
     inputs, low, high, C, sampled = _problem(network, seed, 16, half_width)
     threshold = 1e-5
     every_checkpoint.clear()  # hypothesis runs every example with the same fixture
-    full_only = margin_lower_bounds(network, inputs, C, low, high, back_substitute=True, refine_below=threshold, partial=False)
+    full_only = margin_lower_bounds(network, inputs, C, low, high, back_substitute=True, refine_below=threshold, interval=interval, partial=False)
     assert every_checkpoint == []
     for full in (True, False):
-        bounds = margin_lower_bounds(network, inputs, C, low, high, back_substitute=True, refine_below=threshold, full=full)
+        bounds = margin_lower_bounds(network, inputs, C, low, high, back_substitute=True, refine_below=threshold, interval=interval, full=full)
         assert every_checkpoint[-1] is not None
         excess = bounds - sampled.min(dim=0).values
         assert float(excess.max()) <= TOL, f"full={full}: a lower bound exceeds a sampled margin by {float(excess.max()):.3g}"
