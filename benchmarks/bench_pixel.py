@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_linear_bounds import _reset_peak, _status_mb  # the same /proc readings as the bound benchmark
 
 from auditai_ops.allocator import keep_freed_memory
 from auditai_ops.config import load_config
@@ -245,21 +246,6 @@ def memory_worker(job: dict[str, object]) -> dict[str, float]:
     return {"growth_mb": peak - before if cleared else float("nan"), "peak_mb": peak}
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
 
 
 def memory_section(args: argparse.Namespace, tests) -> None:  # type: ignore[no-untyped-def]
