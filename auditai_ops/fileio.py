@@ -25,6 +25,11 @@ from auditai_ops.errors import AuditInputError
 _TEMP_ATTEMPTS = 100
 
 
+def cache_dir() -> Path:
+    """The local cache root: ``$AUDITAI_CACHE_DIR``, default ``~/.cache/auditai-ops`` (attribute measurements, S3 downloads)."""
+    return Path(os.environ.get("AUDITAI_CACHE_DIR") or Path.home() / ".cache" / "auditai-ops")
+
+
 def _open_temp(folder: Path, name: str) -> tuple[int, Path]:
     """A new, empty file `.<name>.<random>.tmp` in `folder`, created exclusively with mode 0666 less the umask: (its open descriptor, its path).
 

@@ -13,9 +13,8 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from auditai_ops.data.cache import cache_dir
 from auditai_ops.errors import AuditInputError
-from auditai_ops.fileio import atomic_path, write_text
+from auditai_ops.fileio import atomic_path, cache_dir, write_text
 
 SCHEME = "s3://"
 ENDPOINT_ENV = "MLFLOW_S3_ENDPOINT_URL"

@@ -40,6 +40,7 @@ from auditai_ops.fileio import canonical_json, sha256_bytes
 from auditai_ops.verify.audited_model import AuditedModel
 from auditai_ops.verify.certificate import FLIPPED, MISCLASSIFIED_AT_T0, SIGNING_KEY_ENV, content_hash, sample_ids_sha256, sample_reason, signature, signing_key, spec_record
 from auditai_ops.verify.engine import FALSIFIED, UNKNOWN, VERIFIED, Budget, Falsifier, LineVerifier, margins
+from auditai_ops.verify.prove_first import verify_prove_first
 from auditai_ops.verify.stats import clopper_pearson_lower
 from auditai_ops.verify.unit_tests import AuditSamples, ResolvedUnitTest, resolve_unit_tests, unit_test_samples
 
@@ -353,7 +354,8 @@ def _evidence_checks(certificate: dict[str, Any], expected: ExpectedSpec, networ
         checks.append(Check("targets", False, f"recorded targets differ from the {test.spec.property} targets the models give"))
     proved = verdicts == VERIFIED
     if proved.any():
-        outcome = verifier.verify(
+        outcome = verify_prove_first(
+            verifier,
             latents[proved],
             targets[proved],
             test.t_low,

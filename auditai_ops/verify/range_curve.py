@@ -20,6 +20,7 @@ from torch import nn
 
 from auditai_ops.config import VerifyConfig
 from auditai_ops.verify.engine import FALSIFIED, VERIFIED, Falsifier
+from auditai_ops.verify.prove_first import verify_prove_first
 from auditai_ops.verify.unit_tests import ResolvedUnitTest, UnitTestResult, block_budget, block_seed, line_verifier
 
 
@@ -73,7 +74,8 @@ def curve_points(result: UnitTestResult, model: nn.Module, settings: VerifyConfi
             rows = rest[blocks[rest] == block]
             start = int(block) * settings.block_size
             falsifier = Falsifier(settings.falsify_grid, settings.falsify_steps, settings.falsify_restarts, block_seed(settings.seed, int(block)))
-            found = verifier.verify(
+            found = verify_prove_first(
+                verifier,
                 result.samples.latents[rows],
                 result.targets[rows],
                 low,

@@ -23,6 +23,7 @@ from auditai_ops.directions.discover import Direction
 from auditai_ops.errors import AuditInputError
 from auditai_ops.verify.engine import FALSIFIED, STOPPED_BY_SPLITS, STOPPED_BY_TIME, UNKNOWN, VERIFIED, Budget, Falsifier, LineVerifier, SampleOutcomes
 from auditai_ops.verify.memory import MIB
+from auditai_ops.verify.prove_first import verify_prove_first
 from auditai_ops.verify.stats import clopper_pearson_lower
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
@@ -226,7 +227,7 @@ def block_budget(settings: VerifyConfig, start: int, stop: int, count: int, seco
 
 
 def run_unit_test(test: ResolvedUnitTest, model: nn.Module, samples: AuditSamples, settings: VerifyConfig, device: torch.device, shard: Shard = Shard()) -> UnitTestResult:
-    """Falsify, then branch and bound, the shard's samples of the unit test, block by block.
+    """Prove, then search, the shard's samples of the unit test, block by block (`verify_prove_first`).
 
     Each block gets its share of `max_splits_per_test` (`split_share`), so results depend on
     neither timing nor the shard layout; `seconds_per_test`, when set, is the wall-clock budget
@@ -247,7 +248,8 @@ def run_unit_test(test: ResolvedUnitTest, model: nn.Module, samples: AuditSample
         seconds_left = None if settings.seconds_per_test is None else settings.seconds_per_test - (time.perf_counter() - started)
         start = int(positions[first])
         budget = block_budget(settings, start, start + len(mine.ids[rows]), len(chosen.ids), seconds_left)
-        outcomes.append(verifier.verify(mine.latents[rows], targets, test.t_low, test.t_high, settings.methods, falsifier, budget, settings.min_margin, settings.refine_method))
+        arguments = (mine.latents[rows], targets, test.t_low, test.t_high, settings.methods, falsifier, budget, settings.min_margin, settings.refine_method)
+        outcomes.append(verify_prove_first(verifier, *arguments))
         predictions.append(block_predictions)
     all_predictions = np.concatenate(predictions)
     targets = mine.labels if test.spec.property == "true_label" else all_predictions

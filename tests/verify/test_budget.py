@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from auditai_ops.cli.main import main
 from auditai_ops.config import VerifyConfig
 from auditai_ops.directions.discover import Direction
 from auditai_ops.report.render import console_table, junit_xml
-from auditai_ops.verify import engine, resample
+from auditai_ops.verify import engine, prove_first, resample
 from auditai_ops.verify.engine import (
     STOPPED_BY_PIECES,
     STOPPED_BY_SPLITS,
@@ -236,14 +237,16 @@ def _slow_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
         clock[0] += 7.0
         return clock[0]
 
-    real = engine.linear_margin_bounds
+    def slowed(real: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def slow(*args: object, **kwargs: object) -> torch.Tensor:
+            clock[0] += 3600.0
+            return real(*args, **kwargs)
 
-    def slow(*args: object, **kwargs: object) -> torch.Tensor:
-        clock[0] += 3600.0
-        return real(*args, **kwargs)
+        return slow
 
     monkeypatch.setattr(time, "perf_counter", perf_counter)
-    monkeypatch.setattr(engine, "linear_margin_bounds", slow)
+    monkeypatch.setattr(engine, "linear_margin_bounds", slowed(engine.linear_margin_bounds))
+    monkeypatch.setattr(prove_first, "margin_lower_bounds", slowed(prove_first.margin_lower_bounds))  # the first phase's bounds
 
 
 @pytest.mark.slow
