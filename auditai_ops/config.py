@@ -83,7 +83,10 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Where the images come from: ``mnist`` (built in, offline), a ``.npz`` file or an image folder."""
+    """Where the images come from: ``mnist`` (built in, offline), ``fashion-mnist`` (Debian's dataset-fashion-mnist), a ``.npz`` file or an image folder.
+
+    Images are grayscale or RGB, (N, H, W), (N, H, W, C) or (N, C, H, W) in a `.npz` (data.datasets).
+    """
 
     dataset: PathText = "mnist"
     # How many images are read; memory is linear in it (4 bytes per pixel, plus the latents).
@@ -94,7 +97,9 @@ class DataConfig(_Section):
 class LatentConfig(_Section):
     """The convolutional VAE that maps images to latents (the generator)."""
 
-    # The VAE's weights grow as channels[1] x (H/4) x (W/4) x latent_dim (its linear layers), its
+    # The VAE has one stride-2 stage more per doubling of the image size beyond 28 px (latent.vae);
+    # channels are the first stage's feature maps and every later one's. Its weights grow as
+    # channels[1] x (H/2^stages) x (W/2^stages) x latent_dim (its linear layers), its
     # activations as batch_size x channels x H x W; the products with the image size are checked
     # when the VAE is made (latent.vae.MAX_VAE_WEIGHTS) and before it trains (mapping.MAX_BATCH_ACTIVATIONS).
     latent_dim: _count(MAX_LATENT_DIM) = 16
@@ -107,9 +112,18 @@ class LatentConfig(_Section):
 
 
 class DirectionsConfig(_Section):
-    """Supervised attribute directions, PCA directions, and how their effect is measured."""
+    """Supervised attribute directions, PCA directions, and how their effect is measured.
+
+    `attributes` names the attribute directions: attributes measured by code (the stroke family
+    slant, thickness, width, height, area; the generic family brightness, contrast, size,
+    centroid_x, centroid_y, orientation, hue, saturation; see data.attributes) or the dataset's
+    own `attr_<name>` columns (binary 0/1 columns get a logistic probe, calibrated in logits).
+    `measure` lists the code-measured attributes that every direction's disentanglement
+    evidence compares against; by default, every attribute of the families named.
+    """
 
     attributes: Annotated[tuple[Annotated[str, Field(max_length=100)], ...], Field(max_length=64)] = ("slant", "thickness", "width", "height")
+    measure: Annotated[tuple[Annotated[str, Field(max_length=100)], ...], Field(max_length=64)] | None = None
     pca_components: _count(MAX_LATENT_DIM, lower=0) = 4
     ridge: Annotated[float, Field(ge=0.0, le=1e12)] = 1e-2
     # Each direction decodes effect_samples x effect_points images at once (4 bytes per pixel,
@@ -301,14 +315,16 @@ class ModelConfig(_Section):
 class GeneratorConfig(_Section):
     """A team's own generator instead of the VAE that `map-latents` trains.
 
-    `encoder` maps images (B, 1, H, W) in [0, 1] to latents (B, D) and `decoder` maps them
+    `encoder` maps images (B, C, H, W) in [0, 1] to latents (B, D) and `decoder` maps them
     back; each is a TorchScript file, an ONNX file, 'package.module:factory' or an MLflow URI,
-    made of layers the verifier can bound.
+    made of layers the verifier can bound. `image_shape` is (H, W), `image_channels` is C:
+    1 (grayscale) or 3 (RGB).
     """
 
     encoder: PathText | None = None
     decoder: PathText | None = None
     image_shape: tuple[_count(MAX_IMAGE_SIDE), _count(MAX_IMAGE_SIDE)] = (28, 28)
+    image_channels: Literal[1, 3] = 1
     trust_pickle: bool = False
 
     @model_validator(mode="after")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from auditai_ops.config import AuditConfig
-from auditai_ops.data.attributes import ATTRIBUTE_NAMES
+from auditai_ops.data.attributes import measured_attribute_names
 from auditai_ops.data.datasets import SPLITS, Dataset, load_dataset
 from auditai_ops.data.npz import open_npz
 from auditai_ops.directions.discover import Direction, load_directions
@@ -154,7 +154,7 @@ def preflight(
     else:
         with _field("latents", given):
             latent_dim, num_classes, attributes = _check_latents(inputs.latents, f"latents '{inputs.latents}'", generator)
-        image_shape = generator.image_shape if generator is not None else None
+        image_shape = generator.input_shape if generator is not None else None
 
     directions = _directions(config, steps, inputs, given, latent_dim, attributes)
     if VERIFY in steps:
@@ -219,23 +219,27 @@ def _generator(config: AuditConfig, base_dir: Path | None, steps: Collection[str
     return vae_generator(vae)
 
 
-def _check_dataset(config: AuditConfig, dataset: Dataset, generator: Generator | None) -> tuple[tuple[int, int], int, set[str]]:
-    """The dataset's image shape, classes and attributes, checked against the generator and the training settings."""
+def _check_dataset(config: AuditConfig, dataset: Dataset, generator: Generator | None) -> tuple[tuple[int, int, int], int, set[str]]:
+    """The dataset's image shape (C, H, W), classes and attributes, checked against the generator and the training settings."""
     where = f"data.dataset '{config.data.dataset}'"
     train = dataset.train.head(config.data.train_limit)
     test = dataset.test.head(config.data.test_limit)
-    height, width = (int(n) for n in train.images.shape[1:])
+    channels, height, width = (int(n) for n in train.images.shape[1:])
     if generator is None and len(train) < config.latent.batch_size:
         raise AuditInputError(f"latent.batch_size: {config.latent.batch_size} is larger than the training split ({len(train)} images)")
     if generator is not None and generator.image_shape != (height, width):
         field = "generator.image_shape" if config.generator.encoder is not None else "inputs.vae"
         raise AuditInputError(f"{field}: the generator makes {generator.image_shape[0]}x{generator.image_shape[1]} images, but {where} has {height}x{width}")
+    if generator is not None and generator.image_channels != channels:
+        field = "generator.image_channels" if config.generator.encoder is not None else "inputs.vae"
+        raise AuditInputError(f"{field}: the generator makes images of {generator.image_channels} channel(s), but {where} has {channels}")
     if len(test) == 0 or len(dataset.valid) == 0:
         raise AuditInputError(f"{where}: the test and validation splits need at least one image each")
     if dataset.num_classes < 2:
         raise AuditInputError(f"{where}: expected labels of at least two classes, got {dataset.num_classes}")
-    attributes = set(ATTRIBUTE_NAMES) | set(dataset.train.attributes or {})
-    return (height, width), dataset.num_classes, attributes
+    columns = set(dataset.train.attributes or {})
+    attributes = set(measured_attribute_names(config.directions.attributes, config.directions.measure, channels, columns)) | columns
+    return (channels, height, width), dataset.num_classes, attributes
 
 
 def _check_latents(path: Path, where: str, generator: Generator | None) -> tuple[int, int, set[str]]:
@@ -297,10 +301,10 @@ def _check_head(path: Path, given: Mapping[str, str | Path], latent_dim: int, nu
         raise AuditInputError(f"{where}: a head with {architecture['num_classes']} classes, but the labels have {num_classes}")
 
 
-def _untrained_vae(config: AuditConfig, image_shape: tuple[int, int]) -> Generator:
+def _untrained_vae(config: AuditConfig, image_shape: tuple[int, int, int]) -> Generator:
     """A VAE of the configured architecture with random weights: the shapes and layers of the one map-latents will train."""
     with torch.random.fork_rng(devices=[]):
-        vae = VAE(VAEArchitecture(image_shape[0], image_shape[1], config.latent.latent_dim, config.latent.channels))
+        vae = VAE(VAEArchitecture(image_shape[1], image_shape[2], config.latent.latent_dim, config.latent.channels, image_shape[0]))
     return vae_generator(vae.eval(), "the VAE map-latents will train")
 
 

@@ -135,7 +135,7 @@ def map_latents_step(config_yaml: str, latent_dir: Path, base_dir: Path | None =
     config = config_from_text(config_yaml)
     checked = preflight(config, base_dir, Path(latent_dir), (MAP_LATENTS,), folder_inputs(latent_dir), out_field="latent_dir")
     with _tracked(config, latent_dir, "map-latents", _parent_run(config, mlflow_run_dir)):
-        return map_latents(config.data, config.latent, Path(latent_dir), base_dir, checked.generator).metrics
+        return map_latents(config.data, config.latent, Path(latent_dir), base_dir, checked.generator, config.directions).metrics
 
 
 def discover_directions_step(config_yaml: str, latent_dir: Path, directions_dir: Path, base_dir: Path | None = None, mlflow_run_dir: Path | None = None) -> list[str]:

@@ -74,7 +74,7 @@ def cmd_map_latents(args: argparse.Namespace) -> int:
     config, base = _config_and_base(args)
     _, checked = _checked(config, base, args, (MAP_LATENTS,))
     with _tracked(config, args, "map-latents"):
-        artifacts = map_latents(config.data, config.latent, args.out, base, checked.generator)
+        artifacts = map_latents(config.data, config.latent, args.out, base, checked.generator, config.directions)
     _print_json({"vae": artifacts.vae_path, "latents": artifacts.latents_path, "reconstructions": artifacts.reconstruction_png, **artifacts.metrics})
     return EXIT_OK
 
@@ -238,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"[auditai run] map-latents encodes the dataset with inputs.vae {inputs.vae} (no VAE is trained)", flush=True)
     _begin_audit(config, args)
     actions: dict[str, Callable[[], object]] = {
-        MAP_LATENTS: lambda: map_latents(config.data, config.latent, args.out, base, checked.generator),
+        MAP_LATENTS: lambda: map_latents(config.data, config.latent, args.out, base, checked.generator, config.directions),
         DISCOVER_DIRECTIONS: lambda: discover_directions(config.directions, _generator(config, inputs, base, checked), inputs.latents, args.out),
         TRAIN_CLASSIFIER: lambda: train_classifier(config.classifier, inputs.latents, args.out),
     }

@@ -1,12 +1,24 @@
-"""Per-image semantic attributes of digit images, after Morpho-MNIST.
+"""Per-image semantic attributes, measured by code: a registry of stroke and generic attributes.
 
-Castro et al. (2019), "Morpho-MNIST: Quantitative Assessment and Diagnostics for
-Representation Learning", describe a digit by its slant, stroke thickness, width, height and
+Two families, chosen per audit by `directions.attributes` and `directions.measure`
+(`measured_attribute_names`):
+
+* stroke attributes, for stroke-like data (digits, characters), after Morpho-MNIST (below):
+  slant, thickness, width, height, area;
+* generic attributes, for any image (`auditai_ops.data.generic_attributes`): brightness,
+  contrast, size, centroid_x, centroid_y, orientation, and for colour images hue and saturation.
+
+Stroke attributes. Castro et al. (2019), "Morpho-MNIST: Quantitative Assessment and Diagnostics
+for Representation Learning", describe a digit by its slant, stroke thickness, width, height and
 area. This module measures them for a whole batch at once, with numpy only.
 
 Conventions. An image is a float array indexed ``[row, column]`` with values in [0, 1];
 ``y`` is the row index (growing DOWNWARDS) and ``x`` the column index (growing to the right),
-both at pixel centres and in units of original pixels. The foreground is the set of pixels of
+both at pixel centres and in units of original pixels. A grayscale image is measured as it is;
+a colour one through its difference map from the background colour (``D`` of
+`generic_attributes.foreground_map`) over the map's maximum (`_stroke_plane`), so that a
+coloured stroke on a coloured background measures as a white stroke on black. The foreground
+is the set of pixels of
 the ``UPSAMPLE``-times bilinearly upsampled image whose value is >= ``THRESHOLD`` (0.5);
 upsampling lets thickness, width and height resolve half pixels (Morpho-MNIST upsamples x4).
 
@@ -39,15 +51,24 @@ gets NaN for slant, thickness, width and height, and area 0.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 import numpy as np
 
-ATTRIBUTE_UNITS: dict[str, str] = {
+from auditai_ops.data.generic_attributes import COLOUR_ONLY, GENERIC_UNITS, MIN_DIFFERENCE, foreground_map, measure_generic
+from auditai_ops.errors import AuditInputError
+
+STROKE_UNITS: dict[str, str] = {
     "slant": "degrees",
     "thickness": "pixels",
     "width": "pixels",
     "height": "pixels",
     "area": "pixels^2",
 }
+STROKE_ATTRIBUTES: tuple[str, ...] = tuple(STROKE_UNITS)
+GENERIC_ATTRIBUTES: tuple[str, ...] = tuple(GENERIC_UNITS)
+ATTRIBUTE_UNITS: dict[str, str] = {**STROKE_UNITS, **GENERIC_UNITS}
+"""Every attribute measured by code, with its units."""
 ATTRIBUTE_NAMES: tuple[str, ...] = tuple(ATTRIBUTE_UNITS)
 
 UPSAMPLE = 2
@@ -56,35 +77,100 @@ UPSAMPLE = 2
 THRESHOLD = 0.5
 """Foreground threshold on the upsampled intensity."""
 
+GENERIC_CHUNK = 512
+"""Images measured at once for the generic attributes (their temporaries: about 100 MB at 64 x 64 RGB)."""
+
 _RANGE_TOLERANCE = 1e-6
 
 
-def measure_attributes(images: np.ndarray, batch_size: int = 8192) -> dict[str, np.ndarray]:
-    """Measure slant, thickness, width, height and area of every image.
+def measure_attributes(images: np.ndarray, names: Sequence[str] = STROKE_ATTRIBUTES, batch_size: int = 8192) -> dict[str, np.ndarray]:
+    """Measure the named attributes (default: the stroke attributes) of every image.
 
-    images: float array (N, H, W) with values in [0, 1] (any H, W >= 8). Returns one float32
-    array of shape (N,) per attribute name in `ATTRIBUTE_NAMES`; the definitions are in the
-    module docstring. Images are processed ``batch_size`` at a time, which bounds the memory
-    used; the result for an image does not depend on the batch it is processed in.
+    images: float array (N, H, W) or (N, C, H, W) with C in {1, 3} and values in [0, 1] (any H, W
+    >= 8 for stroke attributes). Returns one float32 array of shape (N,) per name, in the order
+    of `names`; the definitions are in the module docstrings. Only the families named are
+    measured. Images are processed ``batch_size`` at a time, which bounds the memory used; the
+    result for an image does not depend on the batch it is processed in.
     """
     images = _validated(images)
+    names = tuple(names)
+    unknown = [name for name in names if name not in ATTRIBUTE_UNITS]
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {unknown}; known attributes are {list(ATTRIBUTE_NAMES)}")
+    if images.shape[1] == 1 and COLOUR_ONLY & set(names):
+        raise ValueError(f"attribute(s) {sorted(COLOUR_ONLY & set(names))} need colour images (C = 3), got 1 channel")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    stroke = any(name in STROKE_UNITS for name in names)
+    generic = tuple(name for name in names if name in GENERIC_UNITS)
     n = images.shape[0]
-    out = {name: np.empty(n, dtype=np.float32) for name in ATTRIBUTE_NAMES}
+    out = {name: np.empty(n, dtype=np.float32) for name in names}
     for start in range(0, n, batch_size):
         chunk = np.clip(images[start : start + batch_size], 0.0, 1.0)
-        for name, values in _measure_chunk(chunk).items():
-            out[name][start : start + len(chunk)] = values
+        measured: dict[str, np.ndarray] = {}
+        for part in range(0, len(chunk), GENERIC_CHUNK) if generic else ():  # its float64 temporaries are several times the images
+            for name, values in measure_generic(chunk[part : part + GENERIC_CHUNK], generic).items():
+                measured.setdefault(name, np.empty(len(chunk)))[part : part + GENERIC_CHUNK] = values
+        if stroke:
+            plane = chunk[:, 0] if chunk.shape[1] == 1 else _stroke_plane(chunk)
+            measured.update(_measure_chunk(plane))
+        for name in names:
+            out[name][start : start + len(chunk)] = measured[name]
     return out
 
 
+def _stroke_plane(images: np.ndarray) -> np.ndarray:
+    """The grayscale image (N, H, W) that stands for colour images (N, 3, H, W) in the stroke measurements.
+
+    The difference map D from the background colour, over its maximum: the most different pixel
+    is 1, so that a dim stroke on a coloured background measures as thick as a bright one. An
+    image whose pixels all differ by less than MIN_DIFFERENCE is blank.
+    """
+    difference = foreground_map(images)[0]
+    peak = difference.max(axis=(1, 2), keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(peak >= MIN_DIFFERENCE, difference / peak, 0.0).astype(np.float32)
+
+
+def measured_attribute_names(attributes: Sequence[str], measure: Sequence[str] | None, channels: int, columns: Collection[str]) -> tuple[str, ...]:
+    """The code-measured attributes an audit needs, checked against the registry and the images.
+
+    `attributes` are the directions to probe (`directions.attributes`): each is a dataset column
+    (`attr_<name>`, in `columns`) or a registered attribute. `measure` (`directions.measure`)
+    lists the attributes measured besides, for the disentanglement evidence; by default every
+    attribute of the families of the registered ones named (the generic family when none is),
+    less the colour-only ones on grayscale images. Dataset columns override measured attributes
+    of the same name, so those are not measured. Raises AuditInputError naming an unknown
+    attribute, or a colour attribute asked of grayscale images.
+    """
+    registered = [name for name in attributes if name not in columns]
+    known = f"known: stroke {list(STROKE_ATTRIBUTES)}, generic {list(GENERIC_ATTRIBUTES)} (hue and saturation of colour images only)"
+    unknown = [name for name in registered if name not in ATTRIBUTE_UNITS]
+    if unknown:
+        raise AuditInputError(f"directions.attributes: unknown attribute(s) {unknown}; {known}, and the dataset's attr_<name> columns {sorted(columns)}")
+    unknown = [name for name in measure or () if name not in ATTRIBUTE_UNITS]
+    if unknown:
+        raise AuditInputError(f"directions.measure: unknown attribute(s) {unknown}; it lists attributes measured by code, {known}")
+    for field, names in (("directions.attributes", registered), ("directions.measure", measure or ())):
+        colour = sorted(COLOUR_ONLY & set(names))
+        if colour and channels != 3:
+            raise AuditInputError(f"{field}: {colour} are measured on colour images only (C = 3), but the dataset's images have {channels} channel(s)")
+    if measure is None:
+        families = [family for family in (STROKE_ATTRIBUTES, GENERIC_ATTRIBUTES) if set(family) & set(registered)] or [GENERIC_ATTRIBUTES]
+        extra = [name for family in families for name in family if channels == 3 or name not in COLOUR_ONLY]
+    else:
+        extra = list(measure)
+    return tuple(name for name in dict.fromkeys([*registered, *extra]) if name not in columns)
+
+
 def _validated(images: np.ndarray) -> np.ndarray:
-    """The input unchanged, or a ValueError that says what was expected and what was got."""
+    """The input as (N, C, H, W), or a ValueError that says what was expected and what was got."""
     if not isinstance(images, np.ndarray):
-        raise ValueError(f"images must be a numpy array of shape (N, H, W), got {type(images).__name__}")
-    if images.ndim != 3:
-        raise ValueError(f"images must have shape (N, H, W), got {images.ndim} dimension(s): {images.shape}")
+        raise ValueError(f"images must be a numpy array of shape (N, H, W) or (N, C, H, W), got {type(images).__name__}")
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (N, H, W) or (N, C, H, W) with C = 1 or 3, got {images.ndim} dimension(s): {images.shape}")
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"images must have a floating dtype with values in [0, 1], got dtype {images.dtype}")
     if images.size == 0:
@@ -99,7 +185,7 @@ def _validated(images: np.ndarray) -> np.ndarray:
 
 
 def _measure_chunk(images: np.ndarray) -> dict[str, np.ndarray]:
-    """All attributes of one batch (N, H, W) of validated images."""
+    """The stroke attributes of one batch (N, H, W) of validated grayscale images."""
     shear, yc = _moments(images)
     rows, cols = _crop_box(images >= THRESHOLD)
     fg = _upsample(images[:, rows, cols], UPSAMPLE) >= THRESHOLD

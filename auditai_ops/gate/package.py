@@ -90,11 +90,12 @@ def build_package(config: AuditConfig, out_dir: Path, base_dir: Path | None, pac
     model = config.model.model_dump(mode="json")
     generator = config.generator.model_dump(mode="json")
     files: dict[str, str | None] = {"vae": None, "head": None}
-    image_shape = list(config.generator.image_shape)
+    image_shape, image_channels = list(config.generator.image_shape), config.generator.image_channels
     if config.generator.encoder is None:
         files["vae"] = _copy_record(inputs.vae, package / "latent")
         architecture = (_read_json(inputs.vae.with_suffix(".json")) or {}).get("architecture", {})
         image_shape = [architecture.get("image_height"), architecture.get("image_width")]
+        image_channels = architecture.get("image_channels", 1)
     else:
         for part in ("encoder", "decoder"):
             generator[part], _ = _copy_reference(parse_model_reference(getattr(config.generator, part), base_dir=base_dir), package, f"generator_{part}")
@@ -124,6 +125,7 @@ def build_package(config: AuditConfig, out_dir: Path, base_dir: Path | None, pac
         "generator": generator,
         "files": files,
         "image_shape": image_shape,
+        "image_channels": image_channels,
         "certificates": certificates,
         "directions": DIRECTIONS_DIR,
         "latents": f"{LATENT_DIR}/{TEST_LATENTS_FILE}",
@@ -194,7 +196,7 @@ def package_hashes(package: Path) -> dict[str, str]:
 
 
 def load_packaged_classifier(package: Path) -> nn.Module:
-    """The deployable classifier on images (B, 1, H, W) in [0, 1]: head o encoder, or normalisation then the team's classifier."""
+    """The deployable classifier on images (B, C, H, W) in [0, 1]: head o encoder, or normalisation then the team's classifier."""
     from auditai_ops.classifier.head import load_head
     from auditai_ops.models.generator import load_generator
     from auditai_ops.models.loading import load_model
@@ -204,7 +206,7 @@ def load_packaged_classifier(package: Path) -> nn.Module:
     generator = load_generator(generator_settings, inputs.vae, package)
     if model.mode == "pixel" and model.classifier is not None:
         source = parse_model_reference(model.classifier, model.weights, model.factory_kwargs, package)
-        classifier = load_model(source, input_shape=(1, *generator.image_shape), trust_pickle=model.trust_pickle)
+        classifier = load_model(source, input_shape=generator.input_shape, trust_pickle=model.trust_pickle)
         layers: list[nn.Module] = [PerChannelNormalize(model.normalization.mean, model.normalization.std)] if model.normalization else []
         return nn.Sequential(*layers, classifier).eval()
     head, _ = load_head(inputs.head)
@@ -213,7 +215,7 @@ def load_packaged_classifier(package: Path) -> nn.Module:
 
 @torch.no_grad()
 def predict_classes(classifier: nn.Module, images: Any) -> Any:
-    """Predicted classes for images (N, H, W) or (N, 1, H, W) in [0, 1]."""
+    """Predicted classes for images (N, C, H, W) in [0, 1], or (N, H, W) for grayscale."""
     import numpy as np
 
     batch = torch.from_numpy(np.asarray(images, dtype=np.float32))

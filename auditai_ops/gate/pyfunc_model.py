@@ -2,7 +2,7 @@
 
 MLflow runs this file when the model is loaded (`mlflow.pyfunc.load_model`); it rebuilds
 the audited classifier from the packaged safetensors and json files
-(auditai_ops.gate.package). `predict` takes images (N, H, W) or (N, 1, H, W) in [0, 1] and
+(auditai_ops.gate.package). `predict` takes images (N, C, H, W) in [0, 1] ((N, H, W) for grayscale) and
 returns the predicted classes.
 """
 

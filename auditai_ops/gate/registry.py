@@ -56,20 +56,26 @@ def pip_requirements() -> list[str]:
 
 
 def model_signature(package: Path) -> Any:
-    """Images (N, H, W) float32 in [0, 1] in, predicted classes (N,) int64 out."""
+    """Images float32 in [0, 1] in, (N, H, W) grayscale or (N, C, H, W) colour; predicted classes (N,) int64 out."""
     import numpy as np
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    height, width = read_manifest(package)["image_shape"]
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, height, width))]), outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *_image_dims(package)))]), outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]))
+
+
+def _image_dims(package: Path) -> tuple[int, ...]:
+    """(H, W) for grayscale packages (as before colour existed), (C, H, W) for colour ones."""
+    manifest = read_manifest(package)
+    channels = int(manifest.get("image_channels", 1))
+    return (*([channels] if channels != 1 else []), *manifest["image_shape"])
 
 
 def example_images(package: Path) -> Any:
     """One blank image, the input example shown with the model."""
     import numpy as np
 
-    return np.zeros((1, *read_manifest(package)["image_shape"]), np.float32)
+    return np.zeros((1, *_image_dims(package)), np.float32)
 
 
 def ensure_registered_model(client: Any, name: str) -> None:

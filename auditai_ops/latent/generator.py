@@ -16,7 +16,10 @@ from auditai_ops.latent.vae import VAE
 
 @dataclass(frozen=True)
 class Generator:
-    """encoder: images (B, 1, H, W) -> latents (B, D); decoder: latents -> images (B, 1, H, W) in [0, 1]."""
+    """encoder: images (B, C, H, W) -> latents (B, D); decoder: latents -> images (B, C, H, W) in [0, 1].
+
+    `image_shape` is (H, W) and `image_channels` is C (1 or 3); `input_shape` is (C, H, W).
+    """
 
     encoder: nn.Sequential
     decoder: nn.Sequential
@@ -24,6 +27,12 @@ class Generator:
     latent_dim: int
     hashes: dict[str, str]
     source: str
+    image_channels: int = 1
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The shape of one image, (C, H, W): the encoder's input and the decoder's output."""
+        return (self.image_channels, *self.image_shape)
 
 
 def flat_layers(module: nn.Module) -> list[nn.Module]:
@@ -38,4 +47,4 @@ def vae_generator(vae: VAE, source: str = "auditai VAE") -> Generator:
     encoder = nn.Sequential(*flat_layers(vae.encoder.trunk), vae.encoder.mu).eval()
     decoder = nn.Sequential(*flat_layers(vae.decoder.layers)).eval()
     hashes = {"encoder_sha256": sha256_state_dict(vae.encoder.state_dict()), "decoder_sha256": sha256_state_dict(vae.decoder.state_dict())}
-    return Generator(encoder, decoder, (vae.arch.image_height, vae.arch.image_width), vae.arch.latent_dim, hashes, source)
+    return Generator(encoder, decoder, (vae.arch.image_height, vae.arch.image_width), vae.arch.latent_dim, hashes, source, vae.arch.image_channels)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditai_ops.config import DataConfig, LatentConfig
+from auditai_ops.config import DataConfig, DirectionsConfig, LatentConfig
+from auditai_ops.data.attributes import measured_attribute_names
 from auditai_ops.data.cache import split_attributes
 from auditai_ops.data.datasets import SPLITS, Dataset, load_dataset
 from auditai_ops.errors import AuditInputError
@@ -47,12 +48,12 @@ def _batches(count: int, batch_size: int, generator: torch.Generator | None = No
 
 
 def train_vae(images: np.ndarray, arch: VAEArchitecture, settings: LatentConfig) -> VAE:
-    """Fit the VAE to images (N, H, W) with Adam on the negative ELBO."""
+    """Fit the VAE to images (N, C, H, W) with Adam on the negative ELBO."""
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     vae = VAE(arch)
     optimiser = torch.optim.Adam(vae.parameters(), lr=settings.learning_rate)
-    data = torch.from_numpy(images).unsqueeze(1)
+    data = torch.from_numpy(images)
     vae.train()
     steps = settings.epochs * len(_batches(len(data), settings.batch_size))
     with progress_bar(total=steps, desc="train VAE", unit="batch") as progress:
@@ -72,23 +73,23 @@ def train_vae(images: np.ndarray, arch: VAEArchitecture, settings: LatentConfig)
 
 @torch.no_grad()
 def encode(encoder: nn.Module, images: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    """Posterior means mu(x) for images (N, H, W)."""
-    data = torch.from_numpy(images).unsqueeze(1)
+    """Posterior means mu(x) for images (N, C, H, W)."""
+    data = torch.from_numpy(images)
     return torch.cat([encoder(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]).numpy()
 
 
 @torch.no_grad()
 def decode(decoder: nn.Module, latents: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    """Decoded images (N, H, W) for latents (N, D)."""
+    """Decoded images (N, C, H, W) for latents (N, D)."""
     data = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
-    return torch.cat([decoder(data[i : i + batch_size]) for i in range(0, len(data), batch_size)])[:, 0].numpy()
+    return torch.cat([decoder(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]).numpy()
 
 
 def reconstruction_metrics(generator: Generator, images: np.ndarray) -> dict[str, float]:
     """Mean squared error per pixel and mean binary cross-entropy per image of decode(encode(x))."""
     reconstructed = decode(generator.decoder, encode(generator.encoder, images))
     clipped = np.clip(reconstructed, 1e-6, 1 - 1e-6)
-    bce = -(images * np.log(clipped) + (1 - images) * np.log(1 - clipped)).sum(axis=(1, 2))
+    bce = -(images * np.log(clipped) + (1 - images) * np.log(1 - clipped)).sum(axis=(1, 2, 3))
     return {"reconstruction_mse_per_pixel": float(np.mean((reconstructed - images) ** 2)), "reconstruction_bce_per_image": float(bce.mean())}
 
 
@@ -99,21 +100,27 @@ def load_vae(path: Path) -> tuple[VAE, dict[str, Any]]:
     return module, record
 
 
-def map_latents(data: DataConfig, settings: LatentConfig, out_dir: Path, base_dir: Path | None = None, generator: Generator | None = None) -> LatentArtifacts:
-    """Train the VAE on the training split and save it (unless a `generator` is given), then encode every split into `latents.npz`."""
+def map_latents(
+    data: DataConfig, settings: LatentConfig, out_dir: Path, base_dir: Path | None = None, generator: Generator | None = None, directions: DirectionsConfig | None = None
+) -> LatentArtifacts:
+    """Train the VAE on the training split and save it (unless a `generator` is given), then encode every split into `latents.npz`.
+
+    The attributes stored with the latents are those `directions` (default: `DirectionsConfig()`) needs, measured.
+    """
     started = time.perf_counter()
     dataset: Dataset = load_dataset(data.dataset, base_dir)
     train = dataset.train.head(data.train_limit)
-    height, width = train.images.shape[1:]
+    channels, height, width = train.images.shape[1:]
     folder = Path(out_dir) / LATENT_DIR
     test = dataset.test.head(data.test_limit)
     vae_path: Path | None = None
     if generator is None:
-        arch = VAEArchitecture(height, width, settings.latent_dim, settings.channels)
+        arch = VAEArchitecture(height, width, settings.latent_dim, settings.channels, channels)
         activations = settings.batch_size * arch.activations_per_image()
         if activations > MAX_BATCH_ACTIVATIONS:
             raise AuditInputError(
-                f"latent.batch_size: {settings.batch_size} images of {height}x{width} with channels {list(settings.channels)} keep {activations:,} "
+                f"latent.batch_size: {settings.batch_size} images of {height}x{width}{'' if channels == 1 else f'x{channels}'} "
+                f"with channels {list(settings.channels)} keep {activations:,} "
                 f"activations per batch, more than the limit of {MAX_BATCH_ACTIVATIONS:,}; lower latent.batch_size or latent.channels"
             )
         if len(train) < settings.batch_size:
@@ -125,8 +132,11 @@ def map_latents(data: DataConfig, settings: LatentConfig, out_dir: Path, base_di
         vae_path = folder / VAE_FILE
         record = {"dataset": dataset.name, "num_classes": dataset.num_classes, "training": settings.model_dump(mode="json"), "metrics": metrics}
         save_module(vae, vae_path, "vae", arch.as_dict(), record)
-    elif generator.image_shape != (height, width):
-        raise AuditInputError(f"generator.image_shape: {list(generator.image_shape)} differs from the dataset's images, {height}x{width}")
+    elif generator.input_shape != (channels, height, width):
+        raise AuditInputError(
+            f"generator.image_shape, generator.image_channels: the generator takes images of {generator.image_channels} channel(s) of "
+            f"{list(generator.image_shape)}, but the dataset's are {channels} channel(s) of {height}x{width}"
+        )
     else:
         metrics = reconstruction_metrics(generator, test.images)
 
@@ -136,12 +146,14 @@ def map_latents(data: DataConfig, settings: LatentConfig, out_dir: Path, base_di
     save_grid_png(np.stack([shown, reconstructed]), png)
 
     arrays: dict[str, np.ndarray] = {}
+    directions = directions or DirectionsConfig()
+    measured = measured_attribute_names(directions.attributes, directions.measure, channels, set(train.attributes or {}))
     for name in SPLITS:
         split = dataset.split(name).head(data.train_limit if name != "test" else data.test_limit)
         arrays[f"{name}_z"] = encode(generator.encoder, split.images)
         arrays[f"{name}_labels"] = split.labels
         arrays[f"{name}_ids"] = split.ids.astype(str)
-        for attr, values in split_attributes(split).items():
+        for attr, values in split_attributes(split, measured).items():
             arrays[f"{name}_attr_{attr}"] = values
     arrays["num_classes"] = np.array(dataset.num_classes)
     latents_path = folder / LATENTS_FILE

@@ -1,9 +1,16 @@
 """A small convolutional VAE whose decoder uses only layers the verifier can bound.
 
-Encoder: two stride-2 4x4 convolutions with ReLU, then linear maps to the posterior mean
-mu(x) and log-variance. Decoder: Linear -> ReLU -> view(-1, C, H/4, W/4) -> two stride-2
-transposed convolutions -> Sigmoid. The audited model is head(mu(x)); the generator is the
-decoder, so both halves must stay inside Linear/Conv/ConvTranspose/ReLU/Sigmoid and reshape.
+Encoder: `stages` stride-2 4x4 convolutions with ReLU, then linear maps to the posterior
+mean mu(x) and log-variance. Decoder: Linear -> ReLU -> view(-1, C, H/2^s, W/2^s) -> `stages`
+stride-2 transposed convolutions -> Sigmoid, giving images of `image_channels` channels. The
+audited model is head(mu(x)); the generator is the decoder, so both halves must stay inside
+Linear/Conv/ConvTranspose/ReLU/Sigmoid and reshape.
+
+The depth grows with the image size: two stages (28x28 MNIST: 7x7 feature maps), and one
+more for each further halving that keeps both sides whole and at least 7 pixels (56 and 64
+px: three stages, 128 px: four). The first stage has channels[0] feature maps, every later
+one channels[1]. With two stages and one image channel the modules, and so the names and
+shapes of the weights, are those of the original 28x28 MNIST VAE.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from auditai_ops.layers import ViewAs
 
 MAX_VAE_WEIGHTS = 250_000_000
 """Most weights of a VAE (1 GB as float32, about 4 GB while Adam trains it); the MNIST default has 0.3 M."""
+MIN_STAGES = 2
+SMALLEST_FEATURE_SIDE = 7
+"""A further stride-2 stage is added only while the smaller side of its feature maps stays at least this (MNIST's 7x7)."""
 
 
 class VAEArchitectureError(AuditInputError, ValueError):
@@ -28,19 +38,26 @@ class VAEArchitectureError(AuditInputError, ValueError):
 class VAEArchitecture:
     """Everything needed to rebuild the modules before loading weights (no pickle).
 
-    Checked when made: positive sizes, and at most MAX_VAE_WEIGHTS weights, since the linear
-    layers hold channels[1] x (H/4) x (W/4) x latent_dim weights each.
+    Checked when made: positive sizes, image sides divisible by 2^stages, image_channels 1 or 3,
+    and at most MAX_VAE_WEIGHTS weights, since the linear layers hold
+    channels[1] x (H/2^s) x (W/2^s) x latent_dim weights each.
     """
 
     image_height: int = 28
     image_width: int = 28
     latent_dim: int = 16
     channels: tuple[int, int] = (32, 64)
+    image_channels: int = 1
 
     def __post_init__(self) -> None:
-        sizes = (self.image_height, self.image_width, self.latent_dim, *self.channels)
+        sizes = (self.image_height, self.image_width, self.latent_dim, self.image_channels, *self.channels)
         if len(self.channels) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
             raise VAEArchitectureError(f"a VAE needs positive integer sizes, got {self.as_dict()}")
+        if self.image_channels not in (1, 3):
+            raise VAEArchitectureError(f"a VAE needs images of 1 or 3 channels, got image_channels {self.image_channels}")
+        step = 2**MIN_STAGES
+        if self.image_height % step or self.image_width % step:
+            raise VAEArchitectureError(f"a VAE needs image sides that are multiples of {step}, got {self.image_height}x{self.image_width}")
         weights = self.parameter_count()
         if weights > MAX_VAE_WEIGHTS:
             raise VAEArchitectureError(
@@ -48,19 +65,39 @@ class VAEArchitecture:
                 f"has {weights:,} weights, more than the limit of {MAX_VAE_WEIGHTS:,}; lower latent.latent_dim or latent.channels"
             )
 
+    @property
+    def stages(self) -> int:
+        """The number of stride-2 stages: MIN_STAGES, plus one per further halving that keeps both sides whole and >= SMALLEST_FEATURE_SIDE."""
+        stages = MIN_STAGES
+        while all(side % 2 ** (stages + 1) == 0 and side // 2 ** (stages + 1) >= SMALLEST_FEATURE_SIDE for side in (self.image_height, self.image_width)):
+            stages += 1
+        return stages
+
+    def widths(self) -> list[int]:
+        """Channels of the image and of each stage's feature maps: [image_channels, channels[0], channels[1], channels[1], ...]."""
+        c1, c2 = self.channels
+        return [self.image_channels, c1] + [c2] * (self.stages - 1)
+
+    def feature_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the deepest feature maps, which the linear layers connect to the latents."""
+        scale = 2**self.stages
+        return self.widths()[-1], self.image_height // scale, self.image_width // scale
+
     def parameter_count(self) -> int:
         """The number of weights of `VAE(self)`, computed without building it."""
-        c1, c2 = self.channels
-        features = c2 * (self.image_height // 4) * (self.image_width // 4)
-        convolutions = (16 * c1 + c1) + (16 * c1 * c2 + c2)
-        encoder = convolutions + 2 * (features * self.latent_dim + self.latent_dim)
-        decoder = (self.latent_dim * features + features) + (16 * c2 * c1 + c1) + (16 * c1 + 1)
+        widths = self.widths()
+        channels, height, width = self.feature_shape()
+        features = channels * height * width
+        encoder_convolutions = sum(16 * a * b + b for a, b in zip(widths, widths[1:], strict=False))
+        decoder_convolutions = sum(16 * b * a + a for a, b in zip(widths, widths[1:], strict=False))
+        encoder = encoder_convolutions + 2 * (features * self.latent_dim + self.latent_dim)
+        decoder = (self.latent_dim * features + features) + decoder_convolutions
         return encoder + decoder
 
     def activations_per_image(self) -> int:
-        """Floats that one image's forward pass keeps for the backward pass (the two feature maps and the linear features), per half."""
-        c1, c2 = self.channels
-        return c1 * (self.image_height // 2) * (self.image_width // 2) + c2 * (self.image_height // 4) * (self.image_width // 4)
+        """Floats that one image's forward pass keeps for the backward pass (every stage's feature maps), per half."""
+        widths = self.widths()
+        return sum(widths[k] * (self.image_height // 2**k) * (self.image_width // 2**k) for k in range(1, len(widths)))
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -69,29 +106,27 @@ class VAEArchitecture:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> VAEArchitecture:
+        """The architecture of a `vae.json` record; records written before colour images lack `image_channels` (1)."""
         values = dict(data)
         values["channels"] = tuple(values["channels"])  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
 
 class Encoder(nn.Module):
-    """x (B, 1, H, W) -> posterior mean mu (B, latent_dim); `distribution` also gives log-variance."""
+    """x (B, image_channels, H, W) -> posterior mean mu (B, latent_dim); `distribution` also gives log-variance."""
 
     auditai_container = True
 
     def __init__(self, arch: VAEArchitecture) -> None:
         super().__init__()
-        c1, c2 = arch.channels
-        features = c2 * (arch.image_height // 4) * (arch.image_width // 4)
-        self.trunk = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
-        self.mu = nn.Linear(features, arch.latent_dim)
-        self.log_var = nn.Linear(features, arch.latent_dim)
+        widths = arch.widths()
+        features = arch.feature_shape()
+        layers: list[nn.Module] = []
+        for a, b in zip(widths, widths[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
+        self.trunk = nn.Sequential(*layers, nn.Flatten())
+        self.mu = nn.Linear(features[0] * features[1] * features[2], arch.latent_dim)
+        self.log_var = nn.Linear(features[0] * features[1] * features[2], arch.latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mu(self.trunk(x))
@@ -102,23 +137,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (B, latent_dim) -> image (B, 1, H, W) in (0, 1)."""
+    """z (B, latent_dim) -> image (B, image_channels, H, W) in (0, 1)."""
 
     auditai_container = True
 
     def __init__(self, arch: VAEArchitecture) -> None:
         super().__init__()
-        c1, c2 = arch.channels
-        h, w = arch.image_height // 4, arch.image_width // 4
-        self.layers = nn.Sequential(
-            nn.Linear(arch.latent_dim, c2 * h * w),
-            nn.ReLU(),
-            ViewAs((c2, h, w)),
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),
-            nn.Sigmoid(),
-        )
+        widths = arch.widths()
+        channels, height, width = arch.feature_shape()
+        layers: list[nn.Module] = [nn.Linear(arch.latent_dim, channels * height * width), nn.ReLU(), ViewAs((channels, height, width))]
+        for index in range(len(widths) - 1, 0, -1):
+            layers += [nn.ConvTranspose2d(widths[index], widths[index - 1], 4, stride=2, padding=1), nn.ReLU() if index > 1 else nn.Sigmoid()]
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.layers(z)

@@ -21,16 +21,20 @@ def load_generator(settings: GeneratorConfig, vae_path: Path, base_dir: Path | N
         vae, _ = load_vae(vae_path)
         return vae_generator(vae)
     height, width = settings.image_shape
-    encoder = load_model_detailed(parse_model_reference(settings.encoder, base_dir=base_dir), input_shape=(1, height, width), trust_pickle=settings.trust_pickle)
+    shape = (settings.image_channels, height, width)
+    encoder = load_model_detailed(parse_model_reference(settings.encoder, base_dir=base_dir), input_shape=shape, trust_pickle=settings.trust_pickle)
     with torch.no_grad():
-        latent = encoder.module(torch.zeros(2, 1, height, width))
+        latent = encoder.module(torch.zeros(2, *shape))
     if latent.dim() != 2:
         raise AuditInputError(f"generator.encoder '{settings.encoder}': expected latents of shape (B, D), got {tuple(latent.shape)}")
     decoder = load_model_detailed(parse_model_reference(settings.decoder, base_dir=base_dir), input_shape=(latent.shape[1],), trust_pickle=settings.trust_pickle)
     with torch.no_grad():
         images = decoder.module(torch.zeros(2, latent.shape[1]))
-    if tuple(images.shape[1:]) != (1, height, width):
-        raise AuditInputError(f"generator.decoder '{settings.decoder}': expected images of shape (B, 1, {height}, {width}), got {tuple(images.shape)}")
+    if tuple(images.shape[1:]) != shape:
+        raise AuditInputError(
+            f"generator.decoder '{settings.decoder}': expected images of shape (B, {', '.join(map(str, shape))}) "
+            f"(generator.image_channels, generator.image_shape), got {tuple(images.shape)}"
+        )
     hashes = {"encoder_sha256": encoder.weights_sha256, "decoder_sha256": decoder.weights_sha256}
     return Generator(
         nn.Sequential(*flat_layers(encoder.module)).eval(),
@@ -39,4 +43,5 @@ def load_generator(settings: GeneratorConfig, vae_path: Path, base_dir: Path | N
         int(latent.shape[1]),
         hashes,
         f"encoder {settings.encoder}, decoder {settings.decoder}",
+        settings.image_channels,
     )

@@ -9,9 +9,12 @@ the result is compared with the original on random inputs of the declared input 
 Routes:
 
 * TorchScript: rebuilt from torch's own layer classes when the scripted tree provably is
-  made of them (auditai_ops.models.torchscript); otherwise exported to ONNX by torch's
-  TorchScript-based exporter and converted (auditai_ops.models.onnx_convert).
-* ONNX: converted; checked against onnx's reference evaluator.
+  made of them (auditai_ops.models.torchscript); otherwise (a custom forward, such as a
+  residual block) exported to ONNX by torch's TorchScript-based exporter and converted
+  (auditai_ops.models.onnx_convert).
+* ONNX: converted, to an nn.Sequential when the graph is a chain and to a torch.fx
+  GraphModule otherwise (residual additions, concatenations); checked against onnx's
+  reference evaluator.
 * factory, pickled module, MLflow `pt2`: used as they are when `check_supported` accepts
   them, otherwise exported to ONNX and converted like TorchScript.
 
@@ -247,11 +250,11 @@ def _auditai_record(path: Path, shape: tuple[int, ...], kwargs: dict[str, Any]) 
         arch = vae.arch
         part = kwargs.get("part")
         if part is None:
-            part = "decoder" if shape == (arch.latent_dim,) else "encoder" if shape == (1, arch.image_height, arch.image_width) else None
+            part = "decoder" if shape == (arch.latent_dim,) else "encoder" if shape == (arch.image_channels, arch.image_height, arch.image_width) else None
         if part not in ("encoder", "decoder"):
             raise AuditInputError(
                 f"model '{path}': a VAE record; choose its part with kwargs {{part: encoder|decoder}} "
-                f"(input shape {shape} is neither the latent ({arch.latent_dim},) nor the image (1, {arch.image_height}, {arch.image_width}))"
+                f"(input shape {shape} is neither the latent ({arch.latent_dim},) nor the image ({arch.image_channels}, {arch.image_height}, {arch.image_width}))"
             )
         return getattr(vae, part), f"auditai record: vae {part}", str(path)
     raise AuditInputError(f"model record '{path.with_suffix('.json')}': kind '{kind}' cannot be loaded as a model (expected mlp_head or vae)")
@@ -407,7 +410,7 @@ def _make_boundable(module: nn.Module, shape: tuple[int, ...], origin: str) -> t
     return module, "used as is"
 
 
-def _through_onnx(module: nn.Module, shape: tuple[int, ...], origin: str, reason: str) -> nn.Sequential:
+def _through_onnx(module: nn.Module, shape: tuple[int, ...], origin: str, reason: str) -> nn.Module:
     try:
         require_onnx()
     except AuditInputError as error:

@@ -1,30 +1,41 @@
-"""Convert a chain-shaped ONNX graph into an nn.Sequential of layers the verifier can bound.
+"""Convert an ONNX graph into a module of layers the verifier can bound.
 
 Only the `onnx` package is used (to read the protobuf, and its reference evaluator to fold
 constant subgraphs and to check the result); onnx2torch is not, since it imports
-torchvision. Supported data ops, each mapped to one verifier layer:
+torchvision. A chain graph, where each layer feeds the next, becomes an nn.Sequential;
+any other graph becomes a torch.fx.GraphModule of one placeholder, call_module nodes,
+`operator.add` of two tensors of the same shape, `torch.cat(..., dim=1)` and one output.
+Supported data ops, each mapped to one layer:
 
 * Gemm, MatMul (data @ constant) -> nn.Linear; an Add/Sub/Mul/Div by one constant per
-  output channel right after a Gemm, MatMul, Conv or ConvTranspose is folded into its
-  weights and bias (the MatMul+Add pattern, a temperature on the logits);
+  output channel right after a Gemm, MatMul, Conv or ConvTranspose whose output nothing
+  else reads is folded into its weights and bias (the MatMul+Add pattern, a temperature);
 * Conv -> nn.Conv2d, ConvTranspose -> nn.ConvTranspose2d (strides, symmetric pads,
   output_padding, dilations, groups), BatchNormalization -> nn.BatchNorm1d/2d in eval mode;
-* Relu, LeakyRelu, Sigmoid, Tanh; Flatten (axis 1) -> nn.Flatten; Reshape that keeps the
-  batch dimension first -> nn.Flatten or ViewAs (batch stays symbolic); Identity, Dropout
+* MaxPool -> nn.MaxPool2d, AveragePool -> nn.AvgPool2d (ONNX's count_include_pad),
+  GlobalAveragePool and ReduceMean over H and W -> nn.AdaptiveAvgPool2d(1) (then nn.Flatten
+  without keepdims), Resize/Upsample -> nn.Upsample where the coordinate mapping is torch's;
+* Relu, LeakyRelu, Sigmoid, Tanh, Elu, Softplus, Gelu; x * Sigmoid(x) -> nn.SiLU, and the
+  Erf form x * 0.5 * (1 + Erf(x / sqrt(2))) that torch exports below opset 20 -> nn.GELU;
+* Flatten (axis 1) -> nn.Flatten; Reshape, Squeeze and Unsqueeze that keep the batch
+  dimension first -> nn.Flatten or ViewAs (batch stays symbolic); Identity, Dropout
   (inference) -> nn.Identity;
-* Sub/Div/Mul/Add by scalars or per-channel constants right after an image input ->
+* Add of two tensors of the same shape (residual connections), Concat along channels;
+* Sub/Div/Mul/Add by scalars or per-channel constants of an image input ->
   PerChannelNormalize, when the combined scale is positive.
 
 Nodes whose inputs are all constants, and Shape of a data tensor, are evaluated (for two
 batch sizes when the batch is symbolic, so that a reshape target like
-`[x.size(0), -1]` is recognised as keeping the batch). The data nodes must form a chain;
-anything else raises AuditInputError naming the node.
+`[x.size(0), -1]` is recognised as keeping the batch). Anything else raises
+AuditInputError naming the node and its op type.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +44,7 @@ import torch
 from torch import nn
 
 from auditai_ops.errors import AuditInputError
-from auditai_ops.layers import PerChannelNormalize, UnsupportedLayerError, ViewAs, check_supported
+from auditai_ops.layers import SUPPORTED_LAYERS, PerChannelNormalize, UnsupportedLayerError, ViewAs, check_supported
 
 if TYPE_CHECKING:
     import onnx
@@ -46,22 +57,37 @@ SUPPORTED_ONNX_OPS: tuple[str, ...] = (
     "Conv",
     "ConvTranspose",
     "BatchNormalization",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Resize",
+    "Upsample",
     "Relu",
     "LeakyRelu",
     "Sigmoid",
     "Tanh",
+    "Elu",
+    "Softplus",
+    "Gelu",
+    "Erf",
     "Flatten",
     "Reshape",
+    "Squeeze",
+    "Unsqueeze",
     "Identity",
     "Dropout",
+    "Concat",
     "Add",
     "Sub",
     "Mul",
     "Div",
 )
 _RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
+_SYMBOLIC_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Concat"})  # these read several tensors, or values kept symbolic
 _SYMBOLIC_BATCHES = (2, 3)
 _ONNX_FLOAT = 1
+_GELU_PATTERN = "x * 0.5 * (1 + erf(x / sqrt(2)))"
 
 
 def require_onnx() -> Any:
@@ -104,8 +130,8 @@ def reference_outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.asarray(ReferenceEvaluator(model).run(None, {name: x})[0])
 
 
-def convert_onnx(model: onnx.ModelProto, input_shape: tuple[int, ...], origin: str) -> nn.Sequential:
-    """An eval-mode nn.Sequential computing the same function as the chain-shaped graph `model`.
+def convert_onnx(model: onnx.ModelProto, input_shape: tuple[int, ...], origin: str) -> nn.Module:
+    """An eval-mode module computing the same function as the graph `model`: an nn.Sequential for a chain, else a torch.fx.GraphModule.
 
     `input_shape` is the per-sample input shape (without the batch dimension).
     """
@@ -114,16 +140,38 @@ def convert_onnx(model: onnx.ModelProto, input_shape: tuple[int, ...], origin: s
 
 @dataclass
 class _Layer:
-    module: nn.Module
+    """One call in the converted graph: a module, or operator.add / torch.cat, reading data tensors by name."""
+
+    target: nn.Module | Callable[..., torch.Tensor]
+    inputs: list[str]
+    output: str
     nodes: list[str]
     foldable_axis: int | None = None  # the channel axis of a Linear/Conv output whose bias can absorb an Add
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Affine:
+    """A per-channel affine map of the graph input: input * scale + shift."""
+
     scale: np.ndarray
     shift: np.ndarray
-    nodes: list[str] = field(default_factory=list)
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Product:
+    """`scale * x**has_x * (1 + erf(x / sqrt 2))**has_erf` of the data tensor `base`, or `erf(x / sqrt 2)` when erf_only.
+
+    Kept symbolic until it is GELU (0.5 * x * (1 + erf)); `error` says why it cannot be computed otherwise.
+    """
+
+    base: str
+    scale: float
+    has_x: bool
+    has_erf: bool
+    error: str
+    erf_only: bool = False
+    nodes: tuple[str, ...] = ()
 
 
 class _Converter:
@@ -145,9 +193,10 @@ class _Converter:
         self.batches = self._batches(inputs[0])
         self.consts: dict[str, list[np.ndarray]] = {name: [value] * len(self.batches) for name, value in initializers.items()}
         self.shapes: dict[str, tuple[int, ...]] = {self.input_name: input_shape}
-        self.current = self.input_name
         self.layers: list[_Layer] = []
-        self.affine: _Affine | None = None
+        self.producers: dict[str, _Layer] = {}
+        self.affines: dict[str, _Affine] = {}
+        self.products: dict[str, _Product] = {}
         self.uses: dict[str, int] = {}
         for node in self.graph.node:
             for name in node.input:
@@ -157,19 +206,43 @@ class _Converter:
 
     # -- graph walk ---------------------------------------------------------------------
 
-    def run(self) -> nn.Sequential:
+    def run(self) -> nn.Module:
         for index, node in enumerate(self.graph.node):
             self._visit(node, index)
         output = self.graph.output[0].name
-        if output != self.current:
-            if output in self.consts:
-                raise AuditInputError(f"model '{self.origin}': the ONNX graph's output '{output}' does not depend on its input")
-            raise AuditInputError(
-                f"model '{self.origin}': the ONNX graph's output '{output}' is not the end of the layer chain ('{self.current}'); only chain graphs are supported"
-            )
-        self._flush_affine()
-        modules = [layer.module for layer in self.layers] or [nn.Identity()]
-        return nn.Sequential(*modules).float().eval()
+        if output in self.consts:
+            raise AuditInputError(f"model '{self.origin}': the ONNX graph's output '{output}' does not depend on its input")
+        if output not in self.shapes:
+            raise AuditInputError(f"model '{self.origin}': the ONNX graph's output '{output}' is not produced by any node")
+        return self._build(self._value(output))
+
+    def _build(self, output: str) -> nn.Module:
+        """An nn.Sequential when the layers that the output needs form a chain, else a GraphModule."""
+        needed, live = {output}, []
+        for layer in reversed(self.layers):
+            if layer.output in needed:
+                live.append(layer)
+                needed.update(layer.inputs)
+        live.reverse()
+        feeds = [self.input_name] + [layer.output for layer in live]
+        if feeds[-1] == output and all(isinstance(layer.target, nn.Module) and layer.inputs == [feeds[index]] for index, layer in enumerate(live)):
+            return nn.Sequential(*[layer.target for layer in live] or [nn.Identity()]).float().eval()
+        graph = torch.fx.Graph()
+        root = nn.Module()
+        values = {self.input_name: graph.placeholder("x")}
+        modules = 0
+        for layer in live:
+            args = [values[name] for name in layer.inputs]
+            if isinstance(layer.target, nn.Module):
+                root.add_module(str(modules), layer.target)  # named like nn.Sequential's layers
+                values[layer.output] = graph.call_module(str(modules), tuple(args))
+                modules += 1
+            elif layer.target is torch.cat:
+                values[layer.output] = graph.call_function(torch.cat, (args,), {"dim": 1})
+            else:
+                values[layer.output] = graph.call_function(layer.target, tuple(args))
+        graph.output(values[output])
+        return torch.fx.GraphModule(root, graph, class_name="ConvertedOnnxGraph").float().eval()
 
     def _describe(self, node: onnx.NodeProto, index: int | None = None) -> str:
         name = node.name or f"#{index if index is not None else '?'}"
@@ -192,23 +265,21 @@ class _Converter:
         if not data:
             self._fold(node, desc)
             return
-        if len(data) > 1:
-            raise AuditInputError(
-                f"{desc} combines the tensors {', '.join(repr(n) for n in data)} (e.g. a residual connection); only chain graphs, where each layer feeds the next, are supported"
-            )
-        if data[0] != self.current:
-            raise AuditInputError(
-                f"{desc} reads '{data[0]}', not the previous layer's output '{self.current}': the graph branches; only chain graphs, where each layer feeds the next, are supported"
-            )
         handler = getattr(self, f"_op_{node.op_type}", None)
         if handler is None:
             raise self._unsupported(node, index, f"op type '{node.op_type}'")
         for extra in node.output[1:]:
             if extra and self.uses.get(extra, 0):
                 raise AuditInputError(f"{desc}: its extra output '{extra}' is used (training-mode outputs are not supported)")
-        shape = handler(node, desc, data[0])
-        self.shapes[node.output[0]] = shape
-        self.current = node.output[0]
+        if node.op_type in _SYMBOLIC_OPS:
+            handler(node, desc, data)
+            return
+        if len(data) > 1:
+            raise AuditInputError(
+                f"{desc} reads the tensors {', '.join(repr(n) for n in data)}; tensors combine only by Add (residual connections), "
+                "Concat along channels, and Mul in x * sigmoid(x) (SiLU)"
+            )
+        handler(node, desc, self._value(data[0]))
 
     def _unsupported(self, node: onnx.NodeProto, index: int, what: str) -> AuditInputError:
         return AuditInputError(
@@ -287,53 +358,246 @@ class _Converter:
 
     # -- layers ---------------------------------------------------------------------------
 
-    def _append(self, module: nn.Module, node: onnx.NodeProto, desc: str, x: str, foldable_axis: int | None = None) -> tuple[int, ...]:
-        self._flush_affine()
-        module = module.float().eval()
-        try:
-            check_supported(module)
-        except UnsupportedLayerError as error:
-            raise AuditInputError(f"{desc}: converts to a layer the verifier cannot bound: {error}") from None
+    def _value(self, name: str) -> str:
+        """`name` as a computed tensor: a pending input normalisation or GELU becomes its layer; other symbolic values raise."""
+        affine = self.affines.pop(name, None)
+        if affine is not None:
+            if not np.all(affine.scale > 0) or not np.all(np.isfinite(affine.scale)):
+                raise AuditInputError(
+                    f"model '{self.origin}': ONNX nodes {list(affine.nodes)} scale the input by {affine.scale.tolist()}; "
+                    "only per-channel normalisation with a positive scale ((x - mean) / std, std > 0) is supported"
+                )
+            module = PerChannelNormalize((-affine.shift / affine.scale).tolist(), (1.0 / affine.scale).tolist())
+            self._add_layer(module, [self.input_name], name, list(affine.nodes), f"model '{self.origin}': ONNX nodes {list(affine.nodes)}")
+            return name
+        product = self.products.pop(name, None)
+        if product is None:
+            return name
+        if product.has_x and product.has_erf and math.isclose(product.scale, 0.5, rel_tol=1e-6):
+            self._add_layer(nn.GELU(), [self._value(product.base)], name, list(product.nodes), f"model '{self.origin}': ONNX nodes {list(product.nodes)} (GELU)")
+            return name
+        raise AuditInputError(product.error)
+
+    def _add_layer(
+        self, target: nn.Module | Callable[..., torch.Tensor], inputs: list[str], output: str, nodes: list[str], desc: str, foldable_axis: int | None = None
+    ) -> tuple[int, ...]:
+        """Append a layer computing `output` from `inputs`; returns its per-sample output shape."""
+        if isinstance(target, nn.Module):
+            target = target.float().eval()
+            if type(target) in SUPPORTED_LAYERS:  # configuration checks (e.g. ConvTranspose geometry) name the node; the loader checks the whole module
+                try:
+                    check_supported(target)
+                except UnsupportedLayerError as error:
+                    raise AuditInputError(f"{desc}: converts to a layer the verifier cannot bound: {error}") from None
         with torch.no_grad():
             try:
-                out = module(torch.zeros(1, *self.shapes[x]))
+                out = (
+                    target(*[torch.zeros(1, *self.shapes[name]) for name in inputs])
+                    if target is not torch.cat
+                    else torch.cat([torch.zeros(1, *self.shapes[name]) for name in inputs], dim=1)
+                )
             except RuntimeError as error:
-                raise AuditInputError(f"{desc}: does not fit its input of shape {self.shapes[x]} ({error})") from None
-        self.layers.append(_Layer(module, [node.name], foldable_axis))
-        return tuple(out.shape[1:])
+                shapes = " and ".join(str(self.shapes[name]) for name in inputs)
+                raise AuditInputError(f"{desc}: does not fit its input of shape {shapes} ({error})") from None
+        layer = _Layer(target, list(inputs), output, list(nodes), foldable_axis)
+        self.layers.append(layer)
+        self.producers[output] = layer
+        self.shapes[output] = tuple(out.shape[1:])
+        return self.shapes[output]
 
-    def _op_Relu(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
-        return self._append(nn.ReLU(), node, desc, x)
+    def _append(self, module: nn.Module, node: onnx.NodeProto, desc: str, x: str, foldable_axis: int | None = None) -> tuple[int, ...]:
+        return self._add_layer(module, [x], node.output[0], [node.name], desc, foldable_axis)
 
-    def _op_LeakyRelu(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
-        return self._append(nn.LeakyReLU(float(self._attributes(node).get("alpha", 0.01))), node, desc, x)
+    def _image(self, desc: str, x: str) -> tuple[int, ...]:
+        sample = self.shapes[x]
+        if len(sample) != 3:
+            raise AuditInputError(f"{desc}: expects an input of shape (C, H, W) per sample, got {sample}")
+        return sample
 
-    def _op_Sigmoid(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
-        return self._append(nn.Sigmoid(), node, desc, x)
+    def _op_Relu(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._append(nn.ReLU(), node, desc, x)
 
-    def _op_Tanh(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
-        return self._append(nn.Tanh(), node, desc, x)
+    def _op_LeakyRelu(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._append(nn.LeakyReLU(float(self._attributes(node).get("alpha", 0.01))), node, desc, x)
 
-    def _op_Identity(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
-        return self._append(nn.Identity(), node, desc, x)
+    def _op_Sigmoid(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._append(nn.Sigmoid(), node, desc, x)
 
-    def _op_Dropout(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    def _op_Tanh(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._append(nn.Tanh(), node, desc, x)
+
+    def _op_Elu(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._append(nn.ELU(float(self._attributes(node).get("alpha", 1.0))), node, desc, x)
+
+    def _op_Softplus(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._append(nn.Softplus(), node, desc, x)  # log(1 + exp(x)); torch returns x above 20, within 2e-9 of it
+
+    def _op_Gelu(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        approximate = self._attributes(node).get("approximate", "none")
+        if approximate not in ("none", "tanh"):
+            raise AuditInputError(f"{desc}: approximate={approximate!r} is not supported (expected 'none' or 'tanh')")
+        self._append(nn.GELU(approximate=approximate), node, desc, x)
+
+    def _op_Identity(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._append(nn.Identity(), node, desc, x)
+
+    def _op_Dropout(self, node: onnx.NodeProto, desc: str, x: str) -> None:
         if len(node.input) > 2 and node.input[2]:
             if node.input[2] not in self.consts or bool(np.any(self._static(node.input[2], desc))):
                 raise AuditInputError(f"{desc}: training mode is not supported")
         if int(self._attributes(node).get("is_test", 1)) == 0 and self.opset < 7:
             raise AuditInputError(f"{desc}: training mode is not supported")
-        return self._append(nn.Identity(), node, desc, x)
+        self._append(nn.Identity(), node, desc, x)
 
-    def _op_Flatten(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    # -- pooling and resampling -----------------------------------------------------------------
+
+    def _pool_window(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[dict[str, Any], tuple[int, int], dict[str, Any], tuple[int, int], tuple[int, int]]:
+        """attributes, kernel, geometry, and the output sizes (H, W) with floor and with ceil rounding."""
+        attributes = self._attributes(node)
+        sample = self._image(desc, x)
+        kernel = tuple(int(k) for k in attributes.get("kernel_shape", []))
+        if len(kernel) != 2:
+            raise AuditInputError(f"{desc}: kernel_shape {list(kernel)}: only 2-D pooling is supported")
+        geometry = self._window_geometry(attributes, desc, kernel, sample[1:], transposed=False)
+        sizes = []
+        for rounding in (math.floor, math.ceil):
+            sizes.append(
+                tuple(
+                    int(rounding((sample[1 + axis] + 2 * geometry["padding"][axis] - (kernel[axis] - 1) * geometry["dilation"][axis] - 1) / geometry["stride"][axis])) + 1
+                    for axis in range(2)
+                )
+            )
+        return attributes, (kernel[0], kernel[1]), geometry, sizes[0], sizes[1]
+
+    def _op_MaxPool(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        attributes, kernel, geometry, floor, ceil = self._pool_window(node, desc, x)
+        ceil_mode = int(attributes.get("ceil_mode", 0)) == 1 and ceil != floor
+        module = nn.MaxPool2d(kernel, stride=geometry["stride"], padding=geometry["padding"], dilation=geometry["dilation"], ceil_mode=ceil_mode)
+        shape = self._append(module, node, desc, x)
+        if shape[1:] != (ceil if ceil_mode else floor):
+            raise AuditInputError(f"{desc}: ceil_mode=1 gives an output of size {ceil} in ONNX and {shape[1:]} in torch; export with ceil_mode=0")
+
+    def _op_AveragePool(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        attributes, kernel, geometry, floor, ceil = self._pool_window(node, desc, x)
+        if geometry["dilation"] != (1, 1):
+            raise AuditInputError(f"{desc}: dilations {list(geometry['dilation'])} are not supported (torch's AvgPool2d has none)")
+        if int(attributes.get("ceil_mode", 0)) == 1 and ceil != floor:
+            raise AuditInputError(f"{desc}: ceil_mode=1 adds partial windows here, whose divisor differs between ONNX and torch; export with ceil_mode=0")
+        include_pad = int(attributes.get("count_include_pad", 0)) == 1
+        self._append(nn.AvgPool2d(kernel, stride=geometry["stride"], padding=geometry["padding"], count_include_pad=include_pad), node, desc, x)
+
+    def _op_GlobalAveragePool(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._image(desc, x)
+        self._append(nn.AdaptiveAvgPool2d(1), node, desc, x)
+
+    def _op_ReduceMean(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        attributes = self._attributes(node)
+        sample = self._image(desc, x)
+        if len(node.input) > 1 and node.input[1]:
+            axes = self._static(node.input[1], desc).astype(np.int64).reshape(-1).tolist()
+        else:
+            axes = list(attributes.get("axes", []))
+        if sorted(axis % (len(sample) + 1) for axis in axes) != [2, 3]:
+            raise AuditInputError(f"{desc}: ReduceMean over axes {axes}; only the mean over H and W (axes 2 and 3, global average pooling) is supported")
+        if int(attributes.get("keepdims", 1)) == 1:
+            self._append(nn.AdaptiveAvgPool2d(1), node, desc, x)
+            return
+        pooled = f"{node.output[0]}:pooled"
+        self._add_layer(nn.AdaptiveAvgPool2d(1), [x], pooled, [node.name], desc)
+        self._add_layer(nn.Flatten(), [pooled], node.output[0], [node.name], desc)
+
+    def _op_Resize(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        attributes = self._attributes(node)
+        if self.opset < 11:
+            raise AuditInputError(f"{desc}: Resize of opset {self.opset} is not supported; export with opset 11 or later")
+        if int(attributes.get("antialias", 0)) != 0 or attributes.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise AuditInputError(f"{desc}: antialias and keep_aspect_ratio_policy are not supported")
+        if "axes" in attributes and sorted(axis % 4 for axis in attributes["axes"]) != [2, 3]:
+            raise AuditInputError(f"{desc}: resizes axes {list(attributes['axes'])}; only H and W (axes 2 and 3) are supported")
+        self._upsample(
+            node,
+            desc,
+            x,
+            attributes.get("mode", "nearest"),
+            attributes.get("coordinate_transformation_mode", "half_pixel"),
+            attributes.get("nearest_mode", "round_prefer_floor"),
+            scales=self._optional(node, 2, desc),
+            sizes=self._resize_sizes(node, desc, x),
+        )
+
+    def _resize_sizes(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, int] | None:
+        """Resize's output (H, W) from its `sizes` input, which must keep the batch (it may be computed from it) and the channels."""
+        if len(node.input) <= 3 or not node.input[3]:
+            return None
+        if node.input[3] not in self.consts:
+            raise AuditInputError(f"{desc}: input 3 must be a constant (an initializer)")
+        targets = [tuple(int(s) for s in np.asarray(value).reshape(-1)) for value in self.consts[node.input[3]]]
+        if not targets[0]:
+            return None
+        channels = self.shapes[x][0]
+        axes = "axes" in self._attributes(node)  # then sizes holds (H, W) only
+        keeps = all(len(t) == (2 if axes else 4) and (axes or t[:2] == (batch, channels)) for t, batch in zip(targets, self.batches, strict=True))
+        if not keeps or len({t[-2:] for t in targets}) != 1 or min(targets[0][-2:]) < 1:
+            raise AuditInputError(f"{desc}: sizes {list(targets[0])} do not keep the batch and the channels of its input (batch, {channels}, H, W)")
+        return targets[0][-2], targets[0][-1]
+
+    def _op_Upsample(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        attributes = self._attributes(node)
+        scales = np.asarray(attributes["scales"], dtype=np.float32) if "scales" in attributes else self._optional(node, 1, desc)
+        self._upsample(node, desc, x, attributes.get("mode", "nearest"), "asymmetric", "floor", scales=scales, sizes=None)
+
+    def _upsample(self, node: onnx.NodeProto, desc: str, x: str, mode: str, coordinates: str, nearest_mode: str, scales: np.ndarray | None, sizes: tuple[int, int] | None) -> None:
+        """nn.Upsample for a Resize/Upsample node whose output pixels torch computes the same way."""
+        channels, height, width = self._image(desc, x)
+        if sizes is not None:
+            out = sizes
+            factors: tuple[float, float] | None = None
+        elif scales is not None and scales.size:
+            values = [float(s) for s in scales.reshape(-1)]
+            values = [1.0, 1.0, *values] if len(values) == 2 else values
+            if len(values) != 4 or values[:2] != [1.0, 1.0] or min(values[2:]) <= 0:
+                raise AuditInputError(f"{desc}: scales {scales.tolist()}; only positive scales of H and W are supported")
+            factors = (values[2], values[3])
+            out = (int(math.floor(height * factors[0])), int(math.floor(width * factors[1])))
+        else:
+            raise AuditInputError(f"{desc}: has neither scales nor sizes")
+        module: nn.Module
+        if mode == "nearest":
+            integral = out[0] % height == 0 and out[1] % width == 0 and (factors is None or factors == (out[0] / height, out[1] / width))
+            exact = (coordinates == "asymmetric" and nearest_mode == "floor") or (coordinates in ("half_pixel", "pytorch_half_pixel") and nearest_mode.startswith("round_prefer_"))
+            if not integral or not exact:
+                raise AuditInputError(
+                    f"{desc}: nearest resizing from {(height, width)} to {out} with coordinate_transformation_mode={coordinates!r}, nearest_mode={nearest_mode!r} "
+                    "is not torch's; supported: integer scale factors, with asymmetric + floor or half_pixel + round_prefer_floor/ceil"
+                )
+            module = nn.Upsample(scale_factor=(float(out[0] // height), float(out[1] // width)), mode="nearest")
+        elif mode == "linear":
+            if coordinates == "align_corners":
+                align = True
+            elif coordinates == "half_pixel" or (coordinates == "pytorch_half_pixel" and min(out) > 1):
+                align = False
+            else:
+                raise AuditInputError(
+                    f"{desc}: linear resizing with coordinate_transformation_mode={coordinates!r} is not torch's bilinear; supported: half_pixel, pytorch_half_pixel, align_corners"
+                )
+            module = nn.Upsample(size=out, mode="bilinear", align_corners=align) if factors is None else nn.Upsample(scale_factor=factors, mode="bilinear", align_corners=align)
+        else:
+            raise AuditInputError(f"{desc}: mode {mode!r} is not supported (nearest and linear are)")
+        shape = self._append(module, node, desc, x)
+        if shape[1:] != out:
+            raise AuditInputError(f"{desc}: resizes {(height, width)} to {out} in ONNX but to {shape[1:]} in torch")
+
+    # -- shapes and linear layers -----------------------------------------------------------------
+
+    def _op_Flatten(self, node: onnx.NodeProto, desc: str, x: str) -> None:
         rank = len(self.shapes[x]) + 1
         axis = int(self._attributes(node).get("axis", 1))
         axis = axis + rank if axis < 0 else axis
         if axis != 1:
             raise AuditInputError(f"{desc}: Flatten with axis {axis} mixes the batch dimension with features; only axis 1 is supported")
-        return self._append(nn.Flatten(), node, desc, x)
+        self._append(nn.Flatten(), node, desc, x)
 
-    def _op_Reshape(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    def _op_Reshape(self, node: onnx.NodeProto, desc: str, x: str) -> None:
         attributes = self._attributes(node)
         if len(node.input) > 1 and node.input[1]:
             targets = [np.asarray(v).astype(np.int64).reshape(-1) for v in self.consts[node.input[1]]]
@@ -351,16 +615,45 @@ class _Converter:
                 f"{desc}: reshapes {tuple(['batch', *sample])} to {targets[0].tolist()}, which does not keep the batch dimension first; "
                 "only reshapes of the per-sample features (e.g. x.view(-1, C, H, W) or x.view(x.size(0), -1)) are supported"
             )
-        rest = rests.pop()
-        if rest == sample:
-            module: nn.Module = nn.Identity()
+        self._reshape(node, desc, x, rests.pop())
+
+    def _reshape(self, node: onnx.NodeProto, desc: str, x: str, rest: tuple[int, ...]) -> None:
+        """A reshape of the per-sample features to `rest` (the batch stays first)."""
+        module: nn.Module
+        if rest == self.shapes[x]:
+            module = nn.Identity()
         elif len(rest) == 1:
             module = nn.Flatten()
         else:
             module = ViewAs(rest)
-        return self._append(module, node, desc, x)
+        self._append(module, node, desc, x)
 
-    def _op_Gemm(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    def _op_Squeeze(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._squeeze(node, desc, x, unsqueeze=False)
+
+    def _op_Unsqueeze(self, node: onnx.NodeProto, desc: str, x: str) -> None:
+        self._squeeze(node, desc, x, unsqueeze=True)
+
+    def _squeeze(self, node: onnx.NodeProto, desc: str, x: str, unsqueeze: bool) -> None:
+        """Squeeze/Unsqueeze of per-sample axes (never the batch): a reshape."""
+        sample = list(self.shapes[x])
+        if len(node.input) > 1 and node.input[1]:
+            axes = self._static(node.input[1], desc).astype(np.int64).reshape(-1).tolist()
+        else:
+            axes = list(self._attributes(node).get("axes", []))
+        rank = len(sample) + 1 + (len(axes) if unsqueeze else 0)
+        axes = sorted(int(axis) % rank for axis in axes) if axes else []
+        if not axes or 0 in axes or (not unsqueeze and any(sample[axis - 1] != 1 for axis in axes)):
+            raise AuditInputError(f"{desc}: only squeezing or unsqueezing given per-sample axes (not the batch, axis 0) is supported, got axes {axes or 'none'}")
+        full = ["batch", *sample]
+        for axis in axes if unsqueeze else reversed(axes):
+            if unsqueeze:
+                full.insert(axis, 1)
+            else:
+                del full[axis]
+        self._reshape(node, desc, x, tuple(int(d) for d in full[1:]))
+
+    def _op_Gemm(self, node: onnx.NodeProto, desc: str, x: str) -> None:
         attributes = self._attributes(node)
         if node.input[0] != x or int(attributes.get("transA", 0)) != 0:
             raise AuditInputError(f"{desc}: only Gemm(data, constant) without transA is supported")
@@ -375,28 +668,26 @@ class _Converter:
                 if vector is None:
                     raise AuditInputError(f"{desc}: its bias of shape {bias.shape} is not one value per output")
                 linear.bias.copy_(torch.from_numpy(vector))  # type: ignore[union-attr]
-        return self._append(linear, node, desc, x, foldable_axis=-1)
+        self._append(linear, node, desc, x, foldable_axis=-1)
 
-    def _op_MatMul(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    def _op_MatMul(self, node: onnx.NodeProto, desc: str, x: str) -> None:
         if node.input[0] != x:
             raise AuditInputError(f"{desc}: only MatMul(data, constant) is supported (the data must be the first operand)")
         weight = self._weight(node, 1, desc, 2)
         linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False)
         with torch.no_grad():
             linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight.T)))
-        return self._append(linear, node, desc, x, foldable_axis=-1)
+        self._append(linear, node, desc, x, foldable_axis=-1)
 
-    def _conv_geometry(self, node: onnx.NodeProto, desc: str, kernel: tuple[int, int], spatial: tuple[int, ...], transposed: bool) -> dict[str, Any]:
-        attributes = self._attributes(node)
+    def _window_geometry(self, attributes: dict[str, Any], desc: str, kernel: tuple[int, ...], spatial: tuple[int, ...], transposed: bool) -> dict[str, Any]:
+        """Stride, symmetric padding and dilation of a 2-D convolution or pooling window (auto_pad resolved)."""
         strides = list(attributes.get("strides", [1, 1]))
         dilations = list(attributes.get("dilations", [1, 1]))
         pads = list(attributes.get("pads", [0, 0, 0, 0]))
         auto_pad = attributes.get("auto_pad", "NOTSET")
-        if list(attributes.get("kernel_shape", kernel)) != list(kernel):
-            raise AuditInputError(f"{desc}: kernel_shape {attributes['kernel_shape']} differs from its weight's {list(kernel)}")
         if auto_pad == "VALID":
             pads = [0, 0, 0, 0]
-        elif auto_pad in ("SAME_UPPER", "SAME_LOWER") and not transposed and len(spatial) == 2:
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER") and not transposed and len(spatial) == 2 and len(strides) == len(dilations) == len(kernel) == 2:
             pads = [0, 0, 0, 0]
             for axis in range(2):
                 out = math.ceil(spatial[axis] / strides[axis])
@@ -406,12 +697,19 @@ class _Converter:
         elif auto_pad != "NOTSET":
             raise AuditInputError(f"{desc}: auto_pad={auto_pad} is not supported here; export with explicit pads")
         if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
-            raise AuditInputError(f"{desc}: only 2-D convolutions are supported")
+            raise AuditInputError(f"{desc}: only 2-D convolutions and pooling are supported")
         if pads[0] != pads[2] or pads[1] != pads[3]:
             raise AuditInputError(f"{desc}: asymmetric padding {pads} (top, left, bottom, right) is not supported")
-        return {"stride": tuple(strides), "padding": (pads[0], pads[1]), "dilation": tuple(dilations), "groups": int(attributes.get("group", 1)), "attributes": attributes}
+        return {"stride": tuple(strides), "padding": (pads[0], pads[1]), "dilation": tuple(dilations)}
 
-    def _op_Conv(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    def _conv_geometry(self, node: onnx.NodeProto, desc: str, kernel: tuple[int, int], spatial: tuple[int, ...], transposed: bool) -> dict[str, Any]:
+        attributes = self._attributes(node)
+        if list(attributes.get("kernel_shape", kernel)) != list(kernel):
+            raise AuditInputError(f"{desc}: kernel_shape {attributes['kernel_shape']} differs from its weight's {list(kernel)}")
+        geometry = self._window_geometry(attributes, desc, kernel, spatial, transposed)
+        return {**geometry, "groups": int(attributes.get("group", 1)), "attributes": attributes}
+
+    def _op_Conv(self, node: onnx.NodeProto, desc: str, x: str) -> None:
         weight = self._weight(node, 1, desc, 4)
         bias = self._optional(node, 2, desc)
         sample = self.shapes[x]
@@ -430,9 +728,9 @@ class _Converter:
             bias=bias is not None,
         )
         _copy_weights(conv, weight, bias, desc)
-        return self._append(conv, node, desc, x, foldable_axis=0)
+        self._append(conv, node, desc, x, foldable_axis=0)
 
-    def _op_ConvTranspose(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    def _op_ConvTranspose(self, node: onnx.NodeProto, desc: str, x: str) -> None:
         weight = self._weight(node, 1, desc, 4)
         bias = self._optional(node, 2, desc)
         sample = self.shapes[x]
@@ -456,9 +754,8 @@ class _Converter:
         shape = self._append(conv, node, desc, x, foldable_axis=0)
         if "output_shape" in attributes and list(attributes["output_shape"])[-2:] != list(shape[-2:]):
             raise AuditInputError(f"{desc}: output_shape {list(attributes['output_shape'])} is not supported (export with explicit pads and output_padding)")
-        return shape
 
-    def _op_BatchNormalization(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    def _op_BatchNormalization(self, node: onnx.NodeProto, desc: str, x: str) -> None:
         attributes = self._attributes(node)
         if int(attributes.get("training_mode", 0)) != 0 or int(attributes.get("spatial", 1)) != 1:
             raise AuditInputError(f"{desc}: only inference-mode, spatial batch normalisation is supported")
@@ -476,66 +773,140 @@ class _Converter:
                 if tuple(tensor.shape) != value.shape:  # type: ignore[union-attr]
                     raise AuditInputError(f"{desc}: parameter of shape {value.shape}, expected {tuple(tensor.shape)}")  # type: ignore[union-attr]
                 tensor.copy_(torch.from_numpy(value))  # type: ignore[union-attr]
-        return self._append(norm, node, desc, x)
+        self._append(norm, node, desc, x)
 
-    # -- elementwise arithmetic with constants ---------------------------------------------
+    # -- elementwise arithmetic -------------------------------------------------------------
 
-    def _arithmetic(self, node: onnx.NodeProto, desc: str, x: str) -> tuple[int, ...]:
+    def _op_Concat(self, node: onnx.NodeProto, desc: str, data: list[str]) -> None:
+        if len(data) != len([name for name in node.input if name]):
+            raise AuditInputError(f"{desc}: concatenates data with constants; only tensors computed from the input can be concatenated")
+        inputs = [self._value(name) for name in data]
+        rank = len(self.shapes[inputs[0]]) + 1
+        axis = int(self._attributes(node).get("axis", 1))
+        if axis % rank != 1:
+            raise AuditInputError(f"{desc}: concatenates along axis {axis}; only the channel axis 1 is supported")
+        shapes = [self.shapes[name] for name in inputs]
+        if any(len(shape) != rank - 1 or shape[1:] != shapes[0][1:] for shape in shapes):
+            raise AuditInputError(f"{desc}: its inputs of shapes {shapes} differ beyond the channel axis")
+        if len(inputs) == 1:
+            self._append(nn.Identity(), node, desc, inputs[0])
+        else:
+            self._add_layer(torch.cat, inputs, node.output[0], [node.name], desc)
+
+    def _op_Erf(self, node: onnx.NodeProto, desc: str, data: list[str]) -> None:
+        error = f"{desc}: Erf is supported only inside GELU, {_GELU_PATTERN}"
+        product = self.products.get(data[0])
+        if product is None or product.erf_only or not product.has_x or product.has_erf or not math.isclose(product.scale, 1 / math.sqrt(2), rel_tol=1e-6):
+            raise AuditInputError(error)
+        self._define(node, data[0], _Product(product.base, 1.0, False, False, error, erf_only=True, nodes=(*product.nodes, node.name)))
+
+    def _define(self, node: onnx.NodeProto, x: str, value: _Product | _Affine) -> None:
+        """Record the symbolic value of the node's output (its shape is its data input's)."""
+        name = node.output[0]
+        self.shapes[name] = self.shapes[x]
+        if isinstance(value, _Product):
+            self.products[name] = value
+        else:
+            self.affines[name] = value
+
+    def _arithmetic(self, node: onnx.NodeProto, desc: str, data: list[str]) -> None:
+        if len(data) == 2:
+            self._combine(node, desc, data[0], data[1])
+            return
         op = node.op_type
+        x = data[0]
         data_first = node.input[0] == x
         constant = self._static(node.input[1] if data_first else node.input[0], desc).astype(np.float64)
         sample = self.shapes[x]
-        if not self.layers:  # right after the input, or after other arithmetic on it
-            return self._accumulate_affine(node, desc, x, constant, data_first)
-        last = self.layers[-1] if self.layers else None
-        if last is not None and last.foldable_axis is not None and (data_first or op in ("Add", "Mul")):
-            vector = _per_channel(constant, sample, last.foldable_axis % len(sample))
-            if vector is not None and (op in ("Add", "Sub") or np.all(vector != 0)) and _fold_into(last.module, op, vector):
-                last.nodes.append(node.name)
-                return sample
-        raise AuditInputError(
+        if x == self.input_name or x in self.affines:  # the input, or arithmetic on it
+            self._define(node, x, self._affine(node, desc, x, constant, data_first))
+            return
+        if x in self.products:
+            self._define(node, x, self._scale_product(node, desc, self.products[x], constant, data_first))
+            return
+        layer = self.producers.get(x)
+        if layer is not None and layer.foldable_axis is not None and self.uses.get(x, 0) == 1 and (data_first or op in ("Add", "Mul")):
+            vector = _per_channel(constant, sample, layer.foldable_axis % len(sample))
+            if vector is not None and (op in ("Add", "Sub") or np.all(vector != 0)) and _fold_into(layer.target, op, vector):  # type: ignore[arg-type]
+                layer.nodes.append(node.name)
+                del self.producers[layer.output]
+                layer.output = node.output[0]
+                self.producers[layer.output] = layer
+                self.shapes[layer.output] = sample
+                return
+        error = (
             f"{desc}: elementwise {op} with a constant is supported only right after Gemm/MatMul/Conv/ConvTranspose "
             "(one value per output channel, folded into its weights and bias), or as a per-channel normalisation right after an image input"
         )
+        if op in ("Mul", "Div") and (data_first or op == "Mul") and constant.size == 1 and float(constant.reshape(-1)[0]) != 0:
+            value = float(constant.reshape(-1)[0])
+            self._define(node, x, _Product(x, value if op == "Mul" else 1 / value, True, False, error, nodes=(node.name,)))  # may be part of GELU
+            return
+        raise AuditInputError(error)
 
     _op_Add = _op_Sub = _op_Mul = _op_Div = _arithmetic
 
-    def _accumulate_affine(self, node: onnx.NodeProto, desc: str, x: str, constant: np.ndarray, data_first: bool) -> tuple[int, ...]:
+    def _scale_product(self, node: onnx.NodeProto, desc: str, product: _Product, constant: np.ndarray, data_first: bool) -> _Product:
+        """A symbolic GELU part times, divided by, or (erf + 1) plus a scalar constant."""
+        op = node.op_type
+        value = float(constant.reshape(-1)[0]) if constant.size == 1 else math.nan
+        nodes = (*product.nodes, node.name)
+        if product.erf_only and op == "Add" and value == 1.0:
+            return _Product(product.base, 1.0, False, True, f"{desc}: 1 + erf(x / sqrt(2)) is supported only inside GELU, {_GELU_PATTERN}", nodes=nodes)
+        if not product.erf_only and op in ("Mul", "Div") and (data_first or op == "Mul") and math.isfinite(value) and value != 0:
+            return _Product(product.base, product.scale * (value if op == "Mul" else 1 / value), product.has_x, product.has_erf, product.error, nodes=nodes)
+        raise AuditInputError(product.error)
+
+    def _combine(self, node: onnx.NodeProto, desc: str, a: str, b: str) -> None:
+        """Add (residual), Mul in SiLU or GELU: the ops that combine two tensors."""
+        op = node.op_type
+        if op == "Add":
+            a, b = self._value(a), self._value(b)
+            if self.shapes[a] != self.shapes[b]:
+                raise AuditInputError(f"{desc}: adds tensors of shapes {self.shapes[a]} and {self.shapes[b]}; only tensors of the same shape are added (no broadcasting)")
+            self._add_layer(operator.add, [a, b], node.output[0], [node.name], desc)
+            return
+        if op == "Mul":
+            for x, gate in ((a, b), (b, a)):
+                layer = self.producers.get(gate)
+                if layer is not None and type(layer.target) is nn.Sigmoid and layer.inputs == [x]:
+                    self._add_layer(nn.SiLU(), [x], node.output[0], [*layer.nodes, node.name], desc)
+                    return
+            first, second = self._as_product(a), self._as_product(b)
+            if first.base == second.base and not (first.erf_only or second.erf_only) and first.has_x != second.has_x and first.has_erf != second.has_erf:
+                error = f"{desc}: x * (1 + erf(x / sqrt(2))) is supported only inside GELU, {_GELU_PATTERN}"
+                self._define(node, a, _Product(first.base, first.scale * second.scale, True, True, error, nodes=(*first.nodes, *second.nodes, node.name)))
+                return
+            raise AuditInputError(f"{desc}: multiplies two tensors; only x * sigmoid(x) (SiLU) and GELU, {_GELU_PATTERN}, are supported")
+        raise AuditInputError(f"{desc}: {op} of two tensors is not supported; tensors combine only by Add (residual connections), Concat along channels, and Mul in SiLU and GELU")
+
+    def _as_product(self, name: str) -> _Product:
+        return self.products.get(name) or _Product(name, 1.0, True, False, "", nodes=())
+
+    def _affine(self, node: onnx.NodeProto, desc: str, x: str, constant: np.ndarray, data_first: bool) -> _Affine:
+        """The input normalisation so far (the identity on the input itself) followed by this node."""
         sample = self.shapes[x]
         if len(sample) != 3:
             raise AuditInputError(f"{desc}: elementwise arithmetic on the input is supported only as per-channel normalisation of images (C, H, W), got {sample}")
         vector = _per_channel(constant, sample, 0)
         if vector is None:
             raise AuditInputError(f"{desc}: its constant of shape {constant.shape} is not one value per channel")
-        affine = self.affine or _Affine(np.ones(sample[0]), np.zeros(sample[0]))
+        previous = self.affines.get(x) or _Affine(np.ones(sample[0]), np.zeros(sample[0]))
+        scale, shift = previous.scale, previous.shift
         op = node.op_type
         if op == "Add":
-            affine.shift = affine.shift + vector
+            shift = shift + vector
         elif op == "Sub" and data_first:
-            affine.shift = affine.shift - vector
+            shift = shift - vector
         elif op == "Sub":
-            affine.scale, affine.shift = -affine.scale, vector - affine.shift
+            scale, shift = -scale, vector - shift
         elif op == "Mul":
-            affine.scale, affine.shift = affine.scale * vector, affine.shift * vector
+            scale, shift = scale * vector, shift * vector
         elif op == "Div" and data_first and np.all(vector != 0):
-            affine.scale, affine.shift = affine.scale / vector, affine.shift / vector
+            scale, shift = scale / vector, shift / vector
         else:
             raise AuditInputError(f"{desc}: only division of the data by a non-zero constant is supported")
-        affine.nodes.append(node.name)
-        self.affine = affine
-        return sample
-
-    def _flush_affine(self) -> None:
-        affine, self.affine = self.affine, None
-        if affine is None:
-            return
-        if not np.all(affine.scale > 0) or not np.all(np.isfinite(affine.scale)):
-            raise AuditInputError(
-                f"model '{self.origin}': ONNX nodes {affine.nodes} scale the input by {affine.scale.tolist()}; "
-                "only per-channel normalisation with a positive scale ((x - mean) / std, std > 0) is supported"
-            )
-        module = PerChannelNormalize((-affine.shift / affine.scale).tolist(), (1.0 / affine.scale).tolist())
-        self.layers.append(_Layer(module, affine.nodes))
+        return _Affine(scale, shift, (*previous.nodes, node.name))
 
 
 def _resolve_reshape(target: list[int], full: list[int], allow_zero: bool) -> list[int] | None:

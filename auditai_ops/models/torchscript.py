@@ -2,13 +2,15 @@
 
 A `torch.jit.load`ed module is a tree of RecursiveScriptModules whose `original_name` is
 the class name they were scripted from. When every node of the tree names a layer that the
-verifier supports (Sequential, Linear, Conv2d, ...), the same tree is rebuilt from torch's
-own classes with the scripted module's constants, and accepted only if it is the same
-program: the rebuilt tree, scripted and round-tripped through `torch.jit.save`/`load` like
-the user's file was, must have the same inlined TorchScript graph (every operator, constant
-and attribute access, value names aside) as the loaded module. A class merely *named*
-Linear with another forward, or a model saved by a torch whose layers compile differently,
-fails that comparison, and the caller falls back to exporting the module to ONNX.
+verifier supports (Sequential, Linear, Conv2d, MaxPool2d, Upsample, GELU, ...: `_LEAVES`),
+the same tree is rebuilt from torch's own classes with the scripted module's constants,
+and accepted only if it is the same program: the rebuilt tree, scripted and round-tripped
+through `torch.jit.save`/`load` like the user's file was, must have the same inlined
+TorchScript graph (every operator, constant and attribute access, value names aside) as
+the loaded module. A class merely *named* Linear with another forward, or a model saved by
+a torch whose layers compile differently, fails that comparison, and the caller falls back
+to exporting the module to ONNX; so does any class with its own forward (a residual
+block), whose ONNX graph becomes a GraphModule.
 """
 
 from __future__ import annotations
@@ -79,7 +81,16 @@ _LEAVES: dict[str, Callable[[Any], nn.Module]] = {
     "Flatten": lambda m: nn.Flatten(m.start_dim, m.end_dim),
     "Identity": lambda m: nn.Identity(),
     "Dropout": lambda m: nn.Dropout(m.p),
+    "MaxPool2d": lambda m: nn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, return_indices=m.return_indices, ceil_mode=m.ceil_mode),
+    "AvgPool2d": lambda m: nn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override),
+    "AdaptiveAvgPool2d": lambda m: nn.AdaptiveAvgPool2d(m.output_size),
+    "Upsample": lambda m: nn.Upsample(m.size, m.scale_factor, m.mode, m.align_corners, m.recompute_scale_factor),
+    "ELU": lambda m: nn.ELU(m.alpha),
+    "Softplus": lambda m: nn.Softplus(m.beta, m.threshold),
+    "GELU": lambda m: nn.GELU(m.approximate),
+    "SiLU": lambda m: nn.SiLU(),
 }
+"""Builders of torch's layers from their scripted counterparts; in-place variants are not rebuilt (their graphs differ)."""
 
 
 def rebuild_script_module(scripted: torch.jit.ScriptModule) -> nn.Module:

@@ -1,7 +1,8 @@
 """The audited network as a function of the latent point: latent mode or pixel mode.
 
 latent mode: network(z) = head(z), the paper's setting (model = head o encoder, verified in
-latent space). pixel mode: network(z) = classifier(normalize(decoder(z))), with the decoder
+latent space). pixel mode: network(z) = classifier(normalize(decoder(z))), the classifier
+taking the decoded images (B, C, H, W) of the generator's `input_shape`, with the decoder
 inside the bounded graph, so the guarantee covers the decoded images themselves; the
 classifier is the user's (TorchScript, ONNX, module:factory, MLflow URI) or, without one,
 head o encoder, which also covers the encoder that latent mode takes on trust. The network is
@@ -84,7 +85,7 @@ def build_audited_model(settings: ModelConfig, generator: Generator, inputs: Ste
         from auditai_ops.models.source import parse_model_reference
 
         source = parse_model_reference(settings.classifier, settings.weights, settings.factory_kwargs, base_dir)
-        loaded = load_model_detailed(source, input_shape=(1, *generator.image_shape), trust_pickle=settings.trust_pickle)
+        loaded = load_model_detailed(source, input_shape=generator.input_shape, trust_pickle=settings.trust_pickle)
         classifier: nn.Module = loaded.module
         if settings.weights is not None and source.kind != "factory":
             weights = Path(settings.weights) if base_dir is None or Path(settings.weights).is_absolute() else base_dir / settings.weights

@@ -32,7 +32,7 @@ from auditai_ops.config import VerifyConfig
 from auditai_ops.fileio import canonical_json, sha256_bytes, write_json
 from auditai_ops.layout import CERTIFICATES_DIR
 from auditai_ops.verify.audited_model import AuditedModel
-from auditai_ops.verify.lirpa_compat import applied_patches
+from auditai_ops.verify.lirpa_compat import applied_patches, auto_lirpa_version
 from auditai_ops.verify.unit_tests import ResolvedUnitTest, UnitTestResult
 
 SCHEMA_VERSION = 2
@@ -52,7 +52,7 @@ def software_versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "torch": package_version("torch"),
-        "auto_LiRPA": package_version("auto_LiRPA"),
+        "auto_LiRPA": auto_lirpa_version(),  # the module loaded, which a source checkout may make another than the installed one
         "auditai-ops": package_version("auditai-ops"),
     }
 

@@ -31,7 +31,7 @@ def image_path(test_name: str, sample_id: str) -> str:
 
 
 def counterexample_pngs(decoder: nn.Module, result: UnitTestResult) -> dict[str, bytes]:
-    """Decode z and z + t* D for every falsified sample: {sample id: PNG bytes}, in sample order."""
+    """Decode z and z + t* D for every falsified sample: {sample id: PNG bytes (grayscale or RGB, as the decoder's images)}, in sample order."""
     rows = np.flatnonzero(result.outcomes.verdicts == FALSIFIED)
     if not len(rows):
         return {}

@@ -215,17 +215,21 @@ class LineVerifier:
         """A plain forward pass of the classifier at z + t D."""
         return self.line(t.to(self.device), z.to(self.device))
 
+    def on_device(self, latents: np.ndarray, targets: np.ndarray, t_low: np.ndarray, t_high: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+        """The box as float64 arrays of shape (k,), the latents (float32) and targets (int64) as tensors on the verifier's device."""
+        k = self.directions.shape[0]
+        low, high = np.asarray(t_low, np.float64).reshape(k), np.asarray(t_high, np.float64).reshape(k)
+        return low, high, torch.from_numpy(latents.astype(np.float32)).to(self.device), torch.from_numpy(targets.astype(np.int64)).to(self.device)
+
     def grid_counterexamples(self, latents: np.ndarray, targets: np.ndarray, t_low: np.ndarray, t_high: np.ndarray, grid_points: int) -> np.ndarray:
         """Which samples misclassify at a point of the falsifier's deterministic grid over the whole box (every corner included).
 
         `verify` searches this grid before anything else, so a sample it left 'unknown' has no
         such point: an auditor uses it to refute a counterexample relabelled 'unknown'.
         """
-        count, k = len(latents), self.directions.shape[0]
-        t_low, t_high = np.asarray(t_low, np.float64).reshape(k), np.asarray(t_high, np.float64).reshape(k)
+        t_low, t_high, z_all, y_all = self.on_device(latents, targets, t_low, t_high)
+        count = len(latents)
         whole = _Pieces(np.arange(count), np.tile(t_low, (count, 1)), np.tile(t_high, (count, 1)))
-        z_all = torch.from_numpy(latents.astype(np.float32)).to(self.device)
-        y_all = torch.from_numpy(targets.astype(np.int64)).to(self.device)
         found = self._falsify(z_all, y_all, whole, grid_points, Falsifier(grid_points, steps=0, restarts=1))
         return np.isin(np.arange(count), list(found))
 
@@ -244,9 +248,7 @@ class LineVerifier:
         """Verdicts for every sample (rows of `latents`) over the box t_low <= t <= t_high (shape (k,))."""
         started = time.perf_counter()
         count, k = len(latents), self.directions.shape[0]
-        t_low, t_high = np.asarray(t_low, np.float64).reshape(k), np.asarray(t_high, np.float64).reshape(k)
-        z_all = torch.from_numpy(latents.astype(np.float32)).to(self.device)
-        y_all = torch.from_numpy(targets.astype(np.int64)).to(self.device)
+        t_low, t_high, z_all, y_all = self.on_device(latents, targets, t_low, t_high)
         verdicts = np.full(count, UNKNOWN, dtype=object)
         decided = np.full(count, "", dtype=object)
         lower = np.full(count, np.inf)

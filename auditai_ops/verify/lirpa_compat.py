@@ -1,9 +1,18 @@
-"""Run PyPI's auto_LiRPA 0.3 under torch 2.13, and wrap the few calls the verifier needs.
+"""Run auto_LiRPA (PyPI's 0.3, or a newer one such as 0.7.1 from source) under torch 2.13,
+and wrap the few calls the verifier needs.
 
 auto_LiRPA 0.3 was written for torch 1.12. This module patches it at runtime (never by
-copying its source) and only where the installed torch / auto_LiRPA needs it, so that a
-newer auto_LiRPA installed from source is left untouched. `applied_patches()` lists what
-was done, for the certificate log.
+copying its source) and only where the loaded auto_LiRPA lacks a capability: each patch
+probes for it first (signatures, attributes, a constructor tried), and no version string is
+compared, so a newer auto_LiRPA is left untouched where it already fits. `applied_patches()`
+lists what was done, for the certificate log; `auto_lirpa_version()` is the `__version__`
+of the module loaded (a source checkout on sys.path shadows the installed distribution,
+which is then logged as a warning). API renamed after 0.3 (root_name, the intermediate-bounds
+keyword and option, the alpha start-node records) is looked up the same way.
+
+Layers beyond the chain that 0.3 always bounded (pooling, other activations, ...) are bounded
+through auto_LiRPA only where the loaded version does: `check_bounded_by_auto_lirpa` probes
+each such layer alone and refuses the model, naming the layer and the version, otherwise.
 
 Bound methods (all sound: every output of the network on the box lies within the bounds):
 
@@ -14,7 +23,7 @@ Bound methods (all sound: every output of the network on the box lies within the
 * alpha-CROWN: CROWN whose lower relaxation slopes (alpha) of the activations are
   optimised by gradient ascent on the bound. Here the intermediate bounds are fixed to
   CROWN's and only the slopes used for the final specification are optimised. (0.3's own
-  alpha-CROWN re-bounds every intermediate layer in every iteration: on a small
+  alpha-CROWN, with auto_LiRPA's alpha initialisation, re-bounds every intermediate layer in every iteration: on a small
   decoder+CNN at batch 16 that took 30 s per iteration and 9 GB, against 2.7 s and
   0.6 GB in all this way, for nearly the same width.) Every slope in the feasible set
   gives a sound bound, so the result is the elementwise maximum of the optimised and the
@@ -34,6 +43,7 @@ import functools
 import importlib
 import importlib.metadata
 import inspect
+import itertools
 import logging
 import threading
 import types
@@ -44,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from auditai_ops.layers import SUPPORTED_LAYERS, UnsupportedLayerError, check_supported
+from auditai_ops.layers import SUPPORTED_LAYERS, PerChannelNormalize, UnsupportedLayerError, ViewAs, check_supported
 
 if TYPE_CHECKING:
     from auto_LiRPA import BoundedModule
@@ -55,8 +65,10 @@ __all__ = [
     "BoundMethod",
     "UnsupportedLayerError",
     "applied_patches",
+    "auto_lirpa_version",
     "build_bounded_module",
     "build_trainable_bounded_module",
+    "check_bounded_by_auto_lirpa",
     "check_supported",
     "compute_margin_lower_bounds",
     "training_margin_lower_bounds",
@@ -70,9 +82,11 @@ _LOGGER = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 _APPLIED: list[str] = []
 _AUTO_LIRPA: types.ModuleType | None = None
-# auto_LiRPA 0.3's sparse-features alpha leaves stale indices behind (an indentation bug in
-# BoundRelu.init_opt_parameters) whenever a ReLU layer has too many unstable neurons.
-_DISABLE_SPARSE_FEATURES_ALPHA = False
+# Options of every BoundedModule. Patches mode crashes on decoder-like graphs and rejects
+# padded ConvTranspose2d. Sparse-features alpha only saves memory, and 0.3's leaves stale
+# indices behind (an indentation bug in BoundRelu.init_opt_parameters) whenever a ReLU layer
+# has too many unstable neurons; the alphas made here (final specification only) are small.
+_BOUND_OPTS: dict[str, Any] = {"conv_mode": "matrix", "sparse_features_alpha": False}
 
 
 def applied_patches() -> tuple[str, ...]:
@@ -95,17 +109,46 @@ def import_auto_lirpa() -> types.ModuleType:
             for name, logger in list(logging.root.manager.loggerDict.items()):
                 if name.split(".")[0] == "auto_LiRPA" and isinstance(logger, logging.Logger):
                     logger.setLevel(logging.WARNING)
-            # Detected from signatures: these no-op where auto_LiRPA already fits torch.
+            # Each patch probes for the capability it adds and no-ops where the loaded
+            # auto_LiRPA already has it: no version string is compared.
             _patch_named_members(module)
             _patch_matmul_ibp_spec(module)
-            # Bugs in 0.3's code paths, not detectable from the outside.
-            version = str(getattr(module, "__version__", ""))
-            if version == "0.3" or version.startswith("0.3."):
-                _patch_node_attribute_access(module)
-                _patch_conv_transpose_padding(module)
-                _disable_sparse_features_alpha()
+            _patch_node_attribute_access(module)
+            _patch_conv_transpose_padding(module)
+            _warn_if_shadowed(module)
             _AUTO_LIRPA = module
         return _AUTO_LIRPA
+
+
+def auto_lirpa_version() -> str:
+    """`__version__` of the auto_LiRPA module this process loads, or "not installed".
+
+    A source checkout earlier on sys.path shadows the installed distribution, whose
+    metadata would then name another version than the one that computes the bounds.
+    """
+    try:
+        module = import_auto_lirpa()
+    except ModuleNotFoundError as exc:
+        if exc.name != "auto_LiRPA":
+            raise
+        return "not installed"
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def _warn_if_shadowed(module: types.ModuleType) -> None:
+    """Log (WARNING) when the loaded auto_LiRPA is not the installed distribution's version."""
+    loaded = str(getattr(module, "__version__", "unknown"))
+    try:
+        installed = importlib.metadata.version("auto_LiRPA")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    if installed != loaded:
+        _LOGGER.warning(
+            "auto_LiRPA %s is loaded from %s, shadowing the installed distribution %s",
+            loaded,
+            module.__file__,
+            installed,
+        )
 
 
 def _record(name: str) -> None:
@@ -215,10 +258,13 @@ class _GraphWithItemNodes:
 
 
 def _patch_node_attribute_access(module: types.ModuleType) -> None:
-    """0.3's graph parser reads ONNX node attributes as `node[k]`; torch 2.x dropped that."""
-    if hasattr(torch._C.Node, "__getitem__"):
-        return
+    """0.3's graph parser reads ONNX node attributes as `node[k]`; torch 2.x dropped that.
+
+    Newer parsers read them through their own `get_node_attribute` helper.
+    """
     parse_graph_module = importlib.import_module(f"{module.__name__}.parse_graph")
+    if hasattr(torch._C.Node, "__getitem__") or hasattr(parse_graph_module, "get_node_attribute"):
+        return
     original = parse_graph_module.parse_graph
 
     @functools.wraps(original)
@@ -256,15 +302,20 @@ def _patch_named_members(module: types.ModuleType) -> None:
 
 
 def _patch_conv_transpose_padding(module: types.ModuleType) -> None:
-    """Let 0.3's BoundConvTranspose take padding and output_padding in matrix mode.
+    """Let BoundConvTranspose take padding and output_padding in matrix mode.
 
-    0.3 asserts both are zero, yet its IBP (`F.conv_transpose2d` with them) and matrix-mode
-    backward (`F.conv2d(A, W, stride, padding)`, the adjoint of the transposed convolution
-    whatever its output_padding) already honour them. Patches mode does not, so there the
-    assertions stay. The constructor is run on zero paddings and the real ones set after.
+    0.3 asserts both are zero, 0.7 that output_padding is, yet their IBP
+    (`F.conv_transpose2d` with them) and matrix-mode backward (`F.conv2d(A, W, stride,
+    padding)`, the adjoint of the transposed convolution whatever its output_padding <
+    stride) already honour them; the exact-range tests check this on every version they
+    run against. Patches mode does not, so there the assertions stay. The constructor is
+    run on zero paddings and the real ones set after. Probed: a version whose constructor
+    accepts a padded layer is left alone.
     """
     convolution = importlib.import_module(f"{module.__name__}.operators.convolution")
     bound_cls = convolution.BoundConvTranspose
+    if _accepts_padded_conv_transpose(bound_cls):
+        return
     original = bound_cls.__init__
 
     @functools.wraps(original)
@@ -293,6 +344,23 @@ def _patch_conv_transpose_padding(module: types.ModuleType) -> None:
     _record("auto_LiRPA BoundConvTranspose: padding/output_padding in matrix mode")
 
 
+def _accepts_padded_conv_transpose(bound_cls: type) -> bool:
+    """Whether `bound_cls` builds a matrix-mode 3x3 stride-2 layer with padding and output_padding 1."""
+    attr = {
+        "pads": [1, 1, 1, 1],
+        "output_padding": [1, 1],
+        "strides": [2, 2],
+        "dilations": [1, 1],
+        "group": 1,
+        "kernel_shape": [3, 3],
+    }
+    try:
+        bound_cls(attr, [], 0, {"conv_mode": "matrix"})
+    except AssertionError:
+        return False
+    return True
+
+
 def _patch_matmul_ibp_spec(module: types.ModuleType) -> None:
     """IBP merges the spec C into a final linear node: `interval_propagate(*v, C=C)`.
 
@@ -312,12 +380,6 @@ def _patch_matmul_ibp_spec(module: types.ModuleType) -> None:
     _record("auto_LiRPA BoundMatMul.interval_propagate: accept the spec C")
 
 
-def _disable_sparse_features_alpha() -> None:
-    global _DISABLE_SPARSE_FEATURES_ALPHA
-    _DISABLE_SPARSE_FEATURES_ALPHA = True
-    _record("bound_opts sparse_features_alpha=False")
-
-
 def build_bounded_module(
     model: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
@@ -331,24 +393,192 @@ def build_bounded_module(
     `model` to `device` and flip its parameters' `requires_grad` on every bound computation.
     """
     check_supported(model)
-    lirpa = import_auto_lirpa()
-    bound_opts: dict[str, Any] = {
-        # Patches mode crashes on decoder-like graphs and rejects padded ConvTranspose2d.
-        "conv_mode": "matrix",
-        # alpha-CROWN (see compute_margin_lower_bounds): intermediate bounds are passed in
-        # fixed, and alphas are created by us for the final specification only.
-        "optimize_bound_args": {"fix_intermediate_layer_bounds": True, "init_alpha": False},
-    }
-    if _DISABLE_SPARSE_FEATURES_ALPHA:
-        bound_opts["sparse_features_alpha"] = False
     inputs = tuple(t.to(device) for t in example_inputs)
-    private = copy.deepcopy(model)
-    bounded = lirpa.BoundedModule(private, inputs, bound_opts=bound_opts, device=device)
+    private = _without_dropout(copy.deepcopy(model))
+    check_bounded_by_auto_lirpa(private, inputs)
+    bounded = _verifier_bounded_module(private, inputs, device)
     # Eval: BoundParams.forward sets requires_grad to the mode, so no weight gradients are
     # computed during alpha-CROWN; a train() call would also switch BatchNorm to batch statistics.
     bounded.eval()
     _check_trace(bounded, private, inputs)
     return bounded
+
+
+def _verifier_bounded_module(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], device: str | torch.device
+) -> BoundedModule:
+    """auto_LiRPA's BoundedModule of `model` with the options `compute_margin_lower_bounds` needs.
+
+    alpha-CROWN: intermediate bounds are passed in fixed, and alphas are created there for the
+    final specification only.
+    """
+    lirpa = import_auto_lirpa()
+    bounded = lirpa.BoundedModule(model, inputs, bound_opts=copy.deepcopy(_BOUND_OPTS), device=device)
+    bounded.set_bound_opts(
+        {"optimize_bound_args": {_fix_intermediate_bounds_option(bounded): True, "init_alpha": False}}
+    )
+    return bounded
+
+
+def _without_dropout(model: nn.Module) -> nn.Module:
+    """`model` (a private copy) with every eval-mode Dropout, the identity, replaced by nn.Identity.
+
+    auto_LiRPA traces Dropout into a node that misbehaves in eval mode (0.3 applies a mask, 0.7
+    fails to build). Training-mode Dropout was refused by `check_supported`.
+    """
+    for path, module in list(model.named_modules()):
+        if isinstance(module, nn.Dropout) and path:
+            parent, _, name = path.rpartition(".")
+            model.get_submodule(parent).register_module(name, nn.Identity())
+    return model
+
+
+def check_bounded_by_auto_lirpa(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
+    """Refuse (UnsupportedLayerError) a layer that the loaded auto_LiRPA cannot bound.
+
+    Decided by probing, not by version: each layer of a type beyond `_CORE_LAYERS` (which every
+    auto_LiRPA this project runs on bounds) is traced alone, at the input shape it gets in
+    `model`, and bounded by every method in `METHODS`. So a newer auto_LiRPA that bounds more
+    ops natively (MaxPool, say) is used for them. Results are cached per layer configuration
+    and shape. The message names the layer, the auto_LiRPA version and what failed. Probes
+    run on the CPU, whatever the device of `model`.
+    """
+    shapes: dict[str, set[tuple[int, ...]]] = {}
+    hooks = []
+    for path, module in model.named_modules():
+        if type(module) in SUPPORTED_LAYERS and type(module) not in _CORE_LAYERS:
+
+            def record(_: nn.Module, args: tuple[Any, ...], path: str = path) -> None:
+                shapes.setdefault(path, set()).add(tuple(args[0].shape[1:]))
+
+            hooks.append(module.register_forward_pre_hook(record))
+    if not hooks:
+        return
+    state = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = example_inputs[0].device if state is None else state.device
+    try:
+        with torch.no_grad():
+            model(*(t[:1].to(device) for t in example_inputs))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    modules = dict(model.named_modules())
+    for path, layer_shapes in shapes.items():
+        for shape in sorted(layer_shapes):
+            problem = _probe_layer(modules[path], shape)
+            if problem is not None:
+                raise UnsupportedLayerError(
+                    path or "<root>",
+                    modules[path],
+                    f"cannot be bounded through auto_LiRPA {auto_lirpa_version()} ({problem}); "
+                    "the project's own methods (forward, forward+backward) bound it",
+                )
+
+
+_CORE_LAYERS: frozenset[type[nn.Module]] = frozenset(
+    {
+        nn.Linear,
+        nn.Conv2d,
+        nn.ConvTranspose2d,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.ReLU,
+        nn.LeakyReLU,
+        nn.Sigmoid,
+        nn.Tanh,
+        nn.Flatten,
+        nn.Identity,
+        nn.Sequential,
+        nn.ModuleList,
+        PerChannelNormalize,
+        ViewAs,
+    }
+)
+_PROBED: dict[tuple[str, str, tuple[int, ...]], str | None] = {}
+
+
+def _probe_layer(layer: nn.Module, shape: tuple[int, ...]) -> str | None:
+    """Why auto_LiRPA cannot trace and bound `layer` alone on inputs of `shape`, or None if it can."""
+    settings = sorted((name, repr(value)) for name, value in vars(layer).items() if not name.startswith("_"))
+    key = (f"{type(layer).__module__}.{type(layer).__qualname__}", repr(settings), shape)
+    if key in _PROBED:
+        return _PROBED[key]
+    probe = nn.Sequential(_Scale(), copy.deepcopy(layer), nn.Flatten()).cpu().eval()
+    x = torch.rand((2, *shape), generator=torch.Generator().manual_seed(0))
+    problem = None
+    try:
+        with _quiet_probe():
+            bounded = _verifier_bounded_module(probe, (x,), x.device)
+            bounded.eval()
+            with torch.no_grad():
+                expected = probe(x)
+                traced = torch.allclose(bounded(x), expected, rtol=1e-4, atol=1e-5)
+            if not traced:
+                problem = "its traced graph computes another function"
+            else:
+                C = torch.ones(2, 1, expected.shape[1])
+                for method in METHODS:
+                    compute_margin_lower_bounds(bounded, (x,), x - 0.1, x + 0.1, C, method, alpha_iterations=2)
+    except Exception as exc:  # noqa: BLE001 - any failure means this auto_LiRPA cannot bound the layer
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}"[:300]
+    _PROBED[key] = problem
+    return problem
+
+
+class _Scale(nn.Module):
+    """x times a parameter equal to 1: the probed layer reads an intermediate node, as in a model,
+    and the probe has a parameter (0.3 takes its bound dtype from the first one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+@contextlib.contextmanager
+def _quiet_probe() -> Iterator[None]:
+    """Silence auto_LiRPA's error logs and torch's export warnings for a probe that may fail."""
+    loggers = [
+        logger
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.split(".")[0] == "auto_LiRPA" and isinstance(logger, logging.Logger)
+    ]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _fix_intermediate_bounds_option(bounded: BoundedModule) -> str:
+    """The optimize_bound_args key that keeps given intermediate bounds fixed (renamed after 0.3)."""
+    known = bounded.bound_opts["optimize_bound_args"]
+    for name in ("fix_interm_bounds", "fix_intermediate_layer_bounds"):
+        if name in known:
+            return name
+    raise NotImplementedError(
+        f"auto_LiRPA {auto_lirpa_version()} has no option to fix intermediate bounds "
+        "(fix_interm_bounds or fix_intermediate_layer_bounds), which alpha-CROWN here needs"
+    )
+
+
+def _intermediate_bounds_keyword(bounded: BoundedModule) -> str:
+    """compute_bounds' keyword for given intermediate bounds (renamed after 0.3)."""
+    parameters = inspect.signature(bounded.compute_bounds).parameters
+    return "interm_bounds" if "interm_bounds" in parameters else "intermediate_layer_bounds"
+
+
+def _root_names(bounded: BoundedModule) -> list[str]:
+    """Names of the graph's input and parameter nodes (`root_name` in 0.3, `root_names` after)."""
+    names = getattr(bounded, "root_names", None)
+    return list(bounded.root_name if names is None else names)
 
 
 def build_trainable_bounded_module(
@@ -366,12 +596,15 @@ def build_trainable_bounded_module(
     keeps its running statistics: the network trained is the network the verifier audits.
     """
     check_supported(model)
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Dropout):
+            raise UnsupportedLayerError(
+                path or "<root>", module, "is not supported in certified training (auto_LiRPA's train mode would apply its random masks)"
+            )
     lirpa = import_auto_lirpa()
-    bound_opts: dict[str, Any] = {"conv_mode": "matrix"}
-    if _DISABLE_SPARSE_FEATURES_ALPHA:
-        bound_opts["sparse_features_alpha"] = False
     inputs = tuple(t.to(device) for t in example_inputs)
-    bounded = lirpa.BoundedModule(model, inputs, bound_opts=bound_opts, device=device)
+    check_bounded_by_auto_lirpa(model, inputs)
+    bounded = lirpa.BoundedModule(model, inputs, bound_opts=copy.deepcopy(_BOUND_OPTS), device=device)
     training = {id(p) for p in trainable}
     bounded.train()
     for node in bounded._modules.values():
@@ -498,13 +731,16 @@ def _alpha_crown_lower(
         node.opt_init()
     try:
         with torch.no_grad():
+            # A forward pass first, as auto_LiRPA's own init_alpha does: compute_bounds keeps each
+            # node's input_shape from the last forward, whose batch size MaxPool's alphas take.
+            bounded(*args)
             crown, _ = bounded.compute_bounds(x=args, C=C, method="backward", bound_upper=False)
         crown = crown.detach()
         used = [n for n in activations if n.used and n.perturbed]
         if not used or iterations == 0:
             return crown
         final_name = bounded.final_name
-        roots = set(bounded.root_name)
+        roots = set(_root_names(bounded))
         fixed = {
             name: (node.lower.detach(), node.upper.detach())
             for name, node in bounded._modules.items()
@@ -515,7 +751,10 @@ def _alpha_crown_lower(
             and getattr(node, "upper", None) is not None
         }
         for node in used:
-            node.init_opt_parameters([(final_name, C.shape[1], None)])
+            # The library's own start-node records (their layout differs between versions),
+            # kept for the final node only.
+            starts = bounded.get_alpha_crown_start_nodes(node, c=C, final_node_name=final_name)
+            node.init_opt_parameters([start for start in starts if start[0] == final_name])
         bounded.set_bound_opts(
             {"optimize_bound_args": {"iteration": iterations, "early_stop_patience": iterations}}
         )
@@ -527,7 +766,7 @@ def _alpha_crown_lower(
                 C=C,
                 method="CROWN-Optimized",
                 bound_upper=False,
-                intermediate_layer_bounds=fixed,
+                **{_intermediate_bounds_keyword(bounded): fixed},
             )
         return torch.maximum(crown, optimised.detach())
     finally:

@@ -40,11 +40,27 @@ MIN_FULL_COST = 1_000_000
 """Networks whose full back-substitution costs fewer multiply-adds per row than this get no checkpoint (about
 0.1 ms a row on one core: cheaper than a second pass would save)."""
 
-_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.ELU, nn.Softplus, nn.GELU, nn.SiLU)
+_ELEMENTWISE = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Upsample)
+"""Layers whose transposed product touches each input and output element about once per window (counted as both sizes)."""
+
+
+def _bound_leaves(module: nn.Module) -> list[tuple[nn.Module, Sequence[int], Sequence[int]]]:
+    """A computation-graph step's leaves with their shapes (`linear_bounds.graph.GraphBlock.bound_leaves`); [] for a layer."""
+    return list(getattr(module, "bound_leaves", []))
+
+
+def _relaxes(module: nn.Module) -> bool:
+    """An activation, or a graph step containing one (back-substitution through it relaxes something)."""
+    return isinstance(module, _ACTIVATIONS) or any(isinstance(leaf, _ACTIVATIONS) for leaf, _, _ in _bound_leaves(module))
 
 
 def transpose_cost(module: nn.Module, in_shape: Sequence[int], out_shape: Sequence[int]) -> int:
-    """Multiply-adds to back-substitute one row through `module` (input shape and output shape of one sample)."""
+    """Multiply-adds to back-substitute one row through `module` (input shape and output shape of one sample); a graph
+    step costs the sum of its leaves."""
+    leaves = _bound_leaves(module)
+    if leaves:
+        return sum(transpose_cost(leaf, leaf_in, leaf_out) for leaf, leaf_in, leaf_out in leaves)
     if isinstance(module, nn.Linear):
         return int(module.weight.numel())
     if isinstance(module, nn.Conv2d):
@@ -53,7 +69,9 @@ def transpose_cost(module: nn.Module, in_shape: Sequence[int], out_shape: Sequen
         return int(module.weight.numel()) * math.prod(in_shape[1:])
     if isinstance(module, (*_ACTIVATIONS, nn.modules.batchnorm._BatchNorm, PerChannelNormalize)):
         return math.prod(in_shape)
-    return 0  # reshapes
+    if isinstance(module, _ELEMENTWISE):
+        return math.prod(in_shape) + math.prod(out_shape)
+    return 0  # reshapes, identities
 
 
 def checkpoint(modules: Sequence[nn.Module], shapes: Sequence[Sequence[int]]) -> int | None:
@@ -62,11 +80,12 @@ def checkpoint(modules: Sequence[nn.Module], shapes: Sequence[Sequence[int]]) ->
     modules: the flat layers; shapes: len(modules) + 1 per-sample shapes (shapes[i] is the input of
     modules[i], shapes[-1] the output). The full back-substitution is counted from the output back
     to the first activation (where it ends exactly along one direction; the first affine layer of a
-    low-dimensional input is cheap either way).
+    low-dimensional input is cheap either way). A computation-graph step (`bound_leaves`) counts as
+    an activation when it contains one, and costs the sum of its leaves.
     """
     if len(shapes) != len(modules) + 1:
         raise ValueError(f"need {len(modules) + 1} shapes for {len(modules)} layers, got {len(shapes)}")
-    activations = [i for i, module in enumerate(modules) if isinstance(module, _ACTIVATIONS)]
+    activations = [i for i, module in enumerate(modules) if _relaxes(module)]
     if len(activations) < 2:
         return None
     costs = [transpose_cost(module, shapes[i], shapes[i + 1]) for i, module in enumerate(modules)]

@@ -70,9 +70,7 @@ def verify_prove_first(
     """`verifier.verify(...)` with the arguments of that method, but samples that bounds prove on pieces of up to `levels` splits are not searched."""
     started = time.perf_counter()
     count, k = len(latents), verifier.directions.shape[0]
-    low, high = np.asarray(t_low, np.float64).reshape(k), np.asarray(t_high, np.float64).reshape(k)
-    z_all = torch.from_numpy(latents.astype(np.float32)).to(verifier.device)
-    y_all = torch.from_numpy(targets.astype(np.int64)).to(verifier.device)
+    low, high, z_all, y_all = verifier.on_device(latents, targets, t_low, t_high)
     lower = np.full(count, np.inf)
     rank = np.full(count, -1, dtype=np.int64)
     leaves = np.zeros(count, dtype=np.int64)

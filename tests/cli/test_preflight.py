@@ -47,15 +47,15 @@ def _run_subprocess(config: Path, out: Path) -> tuple[subprocess.CompletedProces
 
 
 def test_an_unboundable_classifier_fails_in_seconds_before_any_training(tmp_path: Path) -> None:
-    """A TorchScript CNN with MaxPool2d (no verifier bounds it) used to cost the whole training first; now nothing trains."""
-    classifier = _scripted(tmp_path, "maxpool.pt", nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+    """A TorchScript CNN with LPPool2d (exported as Pow: no verifier bounds it) used to cost the whole training first; now nothing trains."""
+    classifier = _scripted(tmp_path, "lppool.pt", nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
     config = _config(tmp_path, SMALL + UNTRACKED + f"model: {{mode: pixel, classifier: {classifier}}}\n")
     out = tmp_path / "out"
     result, seconds = _run_subprocess(config, out)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "maxpool.pt" in lines[0] and "'MaxPool' is not supported by the verifier" in lines[0]
+    assert "lppool.pt" in lines[0] and "'Pow' is not supported by the verifier" in lines[0]
     assert not (out / "latent").exists() and "map-latents" not in result.stdout, "no training started"
     assert seconds < 60, f"took {seconds:.1f} s"  # the small audit's training alone takes longer; the checks take under 10 s on 2 cores
 
@@ -122,7 +122,7 @@ def test_bad_inputs_of_a_run_fail_before_any_training(tmp_path: Path, capsys: py
 
 
 def test_a_boundable_pixel_classifier_passes_the_checks(tmp_path: Path) -> None:
-    """The checks refuse what the verifier cannot bound, not pixel classifiers as such: the same CNN without MaxPool2d passes them, and they train nothing."""
+    """The checks refuse what the verifier cannot bound, not pixel classifiers as such: the same CNN without LPPool2d passes them, and they train nothing."""
     classifier = _scripted(tmp_path, "cnn.pt", nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 10))
     config = parse_config(yaml.safe_load(_pixel(classifier)), source="test")
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from auditai_ops.data import cache
-from auditai_ops.data.attributes import ATTRIBUTE_NAMES
+from auditai_ops.data.attributes import STROKE_ATTRIBUTES as ATTRIBUTE_NAMES  # the attributes cached_measurements measures by default
 from auditai_ops.data.npz import MAX_ARRAY_BYTES, open_npz
 from auditai_ops.errors import AuditInputError
 

@@ -28,15 +28,21 @@ from auditai_ops.verify.engine import margin_specification
 from auditai_ops.verify.line_model import LatentLine
 from auditai_ops.verify.linear_bounds import (
     AffineBounds,
+    affine,
     affine_input,
     affine_output_bounds,
     concretize,
+    driver,
     flatten_layers,
+    kinks,
     latent_line_input,
     margin_lower_bounds,
     output_bounds,
+    relaxations,
+    specification,
     split_box,
 )
+from auditai_ops.verify.linear_bounds.state import _State
 from auditai_ops.verify.lirpa_compat import build_bounded_module, compute_margin_lower_bounds
 
 TOL = 1e-5
@@ -233,7 +239,7 @@ def test_grouped_and_per_sample_folding_agree(monkeypatch: pytest.MonkeyPatch) -
     C = margin_specification(targets, 4)
     for mode in MODES.values():
         grouped = margin_lower_bounds(model, inputs, C, t_low, t_high, **mode)  # type: ignore[arg-type]
-        monkeypatch.setattr(lb, "_group_samples", lambda c: None)
+        monkeypatch.setattr(specification, "_group_samples", lambda c: None)
         single = margin_lower_bounds(model, inputs, C, t_low, t_high, **mode)  # type: ignore[arg-type]
         monkeypatch.undo()
         torch.testing.assert_close(grouped, single, rtol=1e-5, atol=1e-5)
@@ -308,7 +314,7 @@ def test_s_shaped_lines_are_valid_on_random_intervals(name: str) -> None:
     x = lo + torch.linspace(0, 1, 201)[:, None] * (hi - lo)
     y = function(x)
     for upper in (True, False):
-        s, b = lb._s_shaped_lines(name, lo, hi, upper)
+        s, b = relaxations._s_shaped_lines(name, lo, hi, upper)
         assert b is not None and bool((s >= 0).all())
         line = s * x + b
         gap = (y - line) if upper else (line - y)
@@ -324,7 +330,7 @@ def test_relu_like_lines_are_valid(slope: float) -> None:
     y = torch.where(x >= 0, x, slope * x)
     module = nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope)
     for upper in (True, False):
-        s, b = lb._lines(module, lo, hi, upper)
+        s, b = relaxations._lines(module, lo, hi, upper)
         line = s * x + (0.0 if b is None else b)
         gap = (y - line) if upper else (line - y)
         assert bool((s >= 0).all()) and gap.max().item() <= 1e-5
@@ -393,7 +399,7 @@ def _abs_minus_half(depth: int) -> nn.Module:
 @pytest.mark.parametrize("sparse", [True, False])
 def test_kinks_give_the_exact_minimum_where_crown_cannot(depth: int, sparse: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """min of |t| - 1/2 on [-1, 2] is -1/2 (at t = 0). CROWN relaxes relu(t) by t (2 > 1) and relu(-t) by 0: -3/2 at t = -1."""
-    monkeypatch.setattr(lb, "_SPARSE_GAP_DENSITY", 1.0 if sparse else 0.0)  # depth 2: the Linear after the ReLU, sparse or dense
+    monkeypatch.setattr(affine, "_SPARSE_GAP_DENSITY", 1.0 if sparse else 0.0)  # depth 2: the Linear after the ReLU, sparse or dense
     model = _abs_minus_half(depth)
     inputs = affine_input(torch.zeros(1, 1), torch.ones(1, 1, 1))
     t_low, t_high = torch.tensor([[-1.0]]), torch.tensor([[2.0]])
@@ -404,7 +410,7 @@ def test_kinks_give_the_exact_minimum_where_crown_cannot(depth: int, sparse: boo
         assert exact.item() <= -0.5
     forward = margin_lower_bounds(model, inputs, C, t_low, t_high)
     assert forward.item() == pytest.approx(-1.5, abs=1e-5)
-    monkeypatch.setattr(lb, "_MAX_KINKS", -1)  # no exact ending: CROWN's relaxation of the first ReLU (on the general path)
+    monkeypatch.setattr(driver, "_MAX_KINKS", -1)  # no exact ending: CROWN's relaxation of the first ReLU (on the general path)
     assert margin_lower_bounds(model, inputs, C, t_low, t_high, back_substitute=True, compiled=False).item() == pytest.approx(-1.5, abs=1e-5)
 
 
@@ -473,13 +479,13 @@ def test_property_exact_first_layer(seed: int, hidden: list[int], leaky: bool, w
 
     def bound(density: float, kinks: int) -> torch.Tensor:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(lb, "_SPARSE_GAP_DENSITY", density)
-            patch.setattr(lb, "_MAX_KINKS", kinks)
+            patch.setattr(affine, "_SPARSE_GAP_DENSITY", density)
+            patch.setattr(driver, "_MAX_KINKS", kinks)
             return margin_lower_bounds(head, inputs, C, t_low, t_high, pieces=pieces, back_substitute=True, compiled=False, **options)  # type: ignore[arg-type]
 
-    exact = bound(1.0 if sparse else 0.0, lb._MAX_KINKS)
+    exact = bound(1.0 if sparse else 0.0, driver._MAX_KINKS)
     _assert_within(margins, exact, None, f"seed {seed}")
-    torch.testing.assert_close(exact, bound(0.0 if sparse else 1.0, lb._MAX_KINKS), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(exact, bound(0.0 if sparse else 1.0, driver._MAX_KINKS), rtol=1e-4, atol=1e-5)
     if rows != "refine_below":  # (which stops at the first row that fails, a different row with other relaxations)
         assert bool((exact.amin(dim=1) >= bound(1.0, -1).amin(dim=1) - 1e-5).all()), "exact ending at least as tight as CROWN's relaxation"
 
@@ -493,8 +499,8 @@ def test_lines_coincide_where_the_input_does_not_cross_zero(slope: float) -> Non
     hi = torch.cat([lo[:5000] + 3 * torch.rand(5000, generator=gen) * (torch.rand(5000, generator=gen) > 0.2), special, special.flip(0).abs()])
     hi = torch.maximum(hi, lo)
     module = nn.ReLU() if slope == 0.0 else nn.LeakyReLU(slope)
-    s_lo, b_lo = lb._lines(module, lo, hi, upper=False)
-    s_up, b_up = lb._lines(module, lo, hi, upper=True)
+    s_lo, b_lo = relaxations._lines(module, lo, hi, upper=False)
+    s_up, b_up = relaxations._lines(module, lo, hi, upper=True)
     stable = ~((lo < 0) & (hi > 0))
     assert bool(stable.any()) and bool((~stable).any())
     assert torch.equal(s_lo[stable], s_up[stable])
@@ -506,8 +512,8 @@ def test_exact_relu_lines_match_the_generic_ones() -> None:
     """`_exact_relu` (and the fused ReLU + Linear) relax exactly as `_relu_lines` over [low, high]."""
     torch.manual_seed(3)
     rows = torch.randn(50, 2, 30)
-    state = lb._State(rows, None, 1)
-    new, low, high, (lower_slope, _, upper_slope, upper_intercept) = lb._exact_relu(state)
+    state = _State(rows, None, 1)
+    new, low, high, (lower_slope, _, upper_slope, upper_intercept) = kinks._exact_relu(state)
     generic_lo, _ = lb._relu_lines(low, high, upper=False)
     generic_up, generic_b = lb._relu_lines(low, high, upper=True)
     assert torch.equal(lower_slope, generic_lo)
@@ -515,8 +521,8 @@ def test_exact_relu_lines_match_the_generic_ones() -> None:
     assert generic_b is not None
     torch.testing.assert_close(upper_intercept, generic_b, rtol=1e-5, atol=1e-7)
     linear = nn.Linear(30, 8)
-    fused, _, _ = lb._exact_relu_linear(lb._ExactRelu.of(state), 1, linear)
-    dense = lb._affine(new, F.linear, linear.weight, linear.bias)
+    fused, _, _ = kinks._exact_relu_linear(kinks._ExactRelu.of(state), 1, linear)
+    dense = affine._affine(new, F.linear, linear.weight, linear.bias)
     torch.testing.assert_close(fused.lower, dense.lower, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused.upper, dense.upper, rtol=1e-5, atol=1e-5)
 
@@ -707,3 +713,11 @@ def test_back_substituting_only_the_rows_that_decide(threshold: float) -> None:
     assert bool(((full.amin(dim=1) > threshold) == (partial.amin(dim=1) > threshold)).all()), "the same boxes are proved"
     torch.testing.assert_close(minimum.amin(dim=1), full.amin(dim=1), rtol=0, atol=1e-6)
     assert bool((partial < full - 1e-6).any()) or threshold == float("inf"), "some rows are left to their forward bound"
+
+
+def test_the_package_keeps_its_names() -> None:
+    """`linear_bounds` is a package now: the public API and the private names other modules cite stay reachable."""
+    for name in lb.__all__:
+        assert hasattr(lb, name), name
+    for name in ("_Kinks", "_group_samples", "_refine", "_relu_lines", "_spec_layer"):
+        assert callable(getattr(lb, name)), name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import os
 import subprocess
 import sys
@@ -13,11 +15,14 @@ import torch
 from torch import nn
 
 from auditai_ops.layers import ViewAs
+from auditai_ops.verify.certificate import software_versions
 from auditai_ops.verify.lirpa_compat import (
     METHODS,
     BoundMethod,
     UnsupportedLayerError,
+    _accepts_padded_conv_transpose,
     applied_patches,
+    auto_lirpa_version,
     build_bounded_module,
     check_supported,
     compute_margin_lower_bounds,
@@ -28,8 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_python(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a fresh interpreter (auto_LiRPA not yet imported) from the repo root."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    """Run `code` in a fresh interpreter (auto_LiRPA not yet imported) from the repo root.
+
+    PYTHONPATH keeps what it held, such as an auto_LiRPA source checkout shadowing the installed one.
+    """
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, *flags, "-c", textwrap.dedent(code)],
         cwd=REPO,
@@ -38,11 +47,6 @@ def run_python(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def is_0_3() -> bool:
-    version = import_auto_lirpa().__version__
-    return version == "0.3" or version.startswith("0.3.")
 
 
 def spec(batch: int, *rows: list[float]) -> torch.Tensor:
@@ -61,15 +65,28 @@ def test_import_is_idempotent() -> None:
     assert hasattr(first, "BoundedModule") and hasattr(first, "PerturbationLpNorm")
 
 
-def test_patches_are_recorded_on_0_3() -> None:
-    import_auto_lirpa()
-    if not is_0_3():
-        pytest.skip("patch list is specific to auto_LiRPA 0.3")
+def test_every_capability_is_in_place_after_import() -> None:
+    """Whatever the auto_LiRPA version, the patches (or the library itself) provide what the verifier uses."""
+    lirpa = import_auto_lirpa()
     patches = applied_patches()
-    assert "auto_LiRPA.parse_graph.parse_graph: node[k] attribute access" in patches
-    assert "auto_LiRPA BoundConvTranspose: padding/output_padding in matrix mode" in patches
-    assert "bound_opts sparse_features_alpha=False" in patches
     assert len(patches) == len(set(patches))
+    conv_transpose = lirpa.operators.BoundConvTranspose
+    assert _accepts_padded_conv_transpose(conv_transpose)
+    patched = hasattr(conv_transpose.__init__, "__wrapped__")
+    assert patched == ("auto_LiRPA BoundConvTranspose: padding/output_padding in matrix mode" in patches)
+
+    def parameters(function: object) -> set[str]:
+        return set(inspect.signature(function, follow_wrapped=False).parameters)  # type: ignore[arg-type]
+
+    assert "C" in parameters(lirpa.operators.BoundMatMul.interval_propagate)
+    if "remove_duplicate" in parameters(nn.Module._named_members):
+        assert "remove_duplicate" in parameters(lirpa.BoundedModule._named_members)
+
+
+def test_the_loaded_version_is_recorded() -> None:
+    """The module's own __version__, not the installed distribution's metadata."""
+    assert auto_lirpa_version() == import_auto_lirpa().__version__
+    assert software_versions()["auto_LiRPA"] == auto_lirpa_version()
 
 
 def test_import_leaves_warnings_logging_and_output_alone() -> None:
@@ -91,7 +108,17 @@ def test_import_leaves_warnings_logging_and_output_alone() -> None:
         "error::DeprecationWarning",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "" and result.stderr == ""
+    assert result.stdout == ""
+    assert result.stderr == shadowing_warning()
+
+
+def shadowing_warning() -> str:
+    """What importing auto_LiRPA writes to stderr: a warning only when a checkout shadows the installed version."""
+    module = import_auto_lirpa()
+    installed = importlib.metadata.version("auto_LiRPA")
+    if installed == module.__version__:
+        return ""
+    return f"auto_LiRPA {module.__version__} is loaded from {module.__file__}, shadowing the installed distribution {installed}\n"
 
 
 def test_passthrough_when_torch_jit_script_is_gone() -> None:
@@ -127,9 +154,13 @@ def test_numpy_without_arraysetops_gives_actionable_error() -> None:
             import_auto_lirpa()
         except ImportError as exc:
             print(exc)
+        else:
+            print("imported")
         """
     )
     assert result.returncode == 0, result.stderr
+    if result.stdout == "imported\n":
+        pytest.skip(f"auto_LiRPA {import_auto_lirpa().__version__} does not import numpy.lib.arraysetops")
     assert "numpy<2" in result.stdout and "arraysetops" in result.stdout
 
 
@@ -139,10 +170,10 @@ def test_numpy_without_arraysetops_gives_actionable_error() -> None:
 @pytest.mark.parametrize(
     ("layer", "class_path"),
     [
-        (nn.ELU(), "torch.nn.modules.activation.ELU"),
-        (nn.Upsample(scale_factor=2), "torch.nn.modules.upsampling.Upsample"),
-        (nn.Softplus(), "torch.nn.modules.activation.Softplus"),
-        (nn.MaxPool2d(2), "torch.nn.modules.pooling.MaxPool2d"),
+        (nn.Softmax(dim=1), "torch.nn.modules.activation.Softmax"),
+        (nn.Hardswish(), "torch.nn.modules.activation.Hardswish"),
+        (nn.PReLU(), "torch.nn.modules.activation.PReLU"),
+        (nn.LayerNorm(4), "torch.nn.modules.normalization.LayerNorm"),
     ],
 )
 def test_unsupported_layers_are_named(layer: nn.Module, class_path: str) -> None:
@@ -189,7 +220,7 @@ def test_supported_layers_and_flagged_modules_pass() -> None:
 def test_unflagged_modules_and_nested_layers_are_rejected() -> None:
     class Plain(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
+            return torch.sin(x)
 
     with pytest.raises(UnsupportedLayerError, match=r"layer '<root>' \(.*Plain\)"):
         check_supported(Plain())
@@ -199,9 +230,9 @@ def test_unflagged_modules_and_nested_layers_are_rejected() -> None:
 
         def __init__(self) -> None:
             super().__init__()
-            self.act = nn.ELU()
+            self.act = nn.Softmax(dim=1)
 
-    nested = r"layer '0\.act' \(torch\.nn\.modules\.activation\.ELU\)"
+    nested = r"layer '0\.act' \(torch\.nn\.modules\.activation\.Softmax\)"
     with pytest.raises(UnsupportedLayerError, match=nested):
         check_supported(nn.Sequential(Block()))
 
@@ -226,26 +257,41 @@ def test_build_checks_before_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(import_auto_lirpa(), "BoundedModule", no_tracing)
     with pytest.raises(UnsupportedLayerError):
-        build_bounded_module(nn.Sequential(nn.Linear(2, 2), nn.ELU()), (torch.zeros(1, 2),))
+        build_bounded_module(nn.Sequential(nn.Linear(2, 2), nn.Softmax(dim=1)), (torch.zeros(1, 2),))
 
 
-def test_reshape_pinning_the_batch_size_is_rejected() -> None:
-    class PinnedView(nn.Module):
+def test_reshape_reading_the_batch_size_is_rejected_or_bounded_at_any_batch_size() -> None:
+    """0.3 records x.size(0) as a constant, so the build is refused with the fix; a version
+    that traces the size as an op must then bound the model soundly at another batch size."""
+
+    class BatchSizedView(nn.Module):
         auditai_reshape_only = True
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.view(x.size(0), 2, 2, 2)
 
-    model = nn.Sequential(nn.Linear(3, 8), PinnedView(), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.raises(ValueError, match=r"x\.view\(-1, C, H, W\)"):
-        build_bounded_module(model, (torch.zeros(4, 3),))
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(3, 8), BatchSizedView(), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).eval()
+    try:
+        bounded = build_bounded_module(model, (torch.zeros(4, 3),))
+    except ValueError as exc:
+        assert "x.view(-1, C, H, W)" in str(exc)
+        return
+    x = torch.randn(3, 3)
+    C = spec(3, [1.0, -1.0], [-1.0, 1.0])
+    points = x + 0.5 * (2 * torch.rand(200, 3, 3) - 1)
+    with torch.no_grad():
+        margins = torch.einsum("bsk,nbk->nbs", C, model(points.view(-1, 3)).view(200, 3, 2))
+    for method in METHODS:
+        lb = compute_margin_lower_bounds(bounded, (x,), x - 0.5, x + 0.5, C, method)
+        assert lb.shape == (3, 2) and (margins >= lb - 1e-5).all(), method
 
 
 def test_patches_mode_keeps_the_conv_transpose_padding_check() -> None:
     """Only matrix mode handles padding; the relaxation must not leak into patches mode."""
-    if not is_0_3():
-        pytest.skip("0.3 assertion")
     lirpa = import_auto_lirpa()
+    if not hasattr(lirpa.operators.BoundConvTranspose.__init__, "__wrapped__"):
+        pytest.skip(f"auto_LiRPA {lirpa.__version__} builds padded ConvTranspose itself: not patched")
     model = nn.Sequential(nn.ConvTranspose2d(1, 1, 3, stride=2, padding=1, output_padding=1))
     with pytest.raises(AssertionError):
         lirpa.BoundedModule(model, (torch.zeros(1, 1, 2, 2),), bound_opts={"conv_mode": "patches"})
@@ -405,8 +451,11 @@ def test_alpha_crown_optimises_only_the_last_layer(monkeypatch: pytest.MonkeyPat
     starts: list[str] = []
     original = type(bounded).backward_general
 
+    node_parameter = "node" if "node" in inspect.signature(original).parameters else "bound_node"  # renamed after 0.3
+
     def spy(self: nn.Module, *args: object, **kwargs: object) -> object:
-        starts.append(kwargs["node"].name)  # type: ignore[union-attr]
+        bound = inspect.signature(original).bind(self, *args, **kwargs)
+        starts.append(bound.arguments[node_parameter].name)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(type(bounded), "backward_general", spy)
