@@ -39,11 +39,14 @@ def _below(value: float, bound: float) -> str:
 
 
 def unreachable_threshold_notes(summary: dict[str, Any]) -> list[str]:
-    """One note per unit test whose threshold is above its clean accuracy: no certified accuracy (or lower bound on it) can reach it."""
+    """One note per unit test whose threshold is above its clean accuracy: no certified accuracy (or lower bound on it) can reach it.
+
+    Only for `true_label` specs: a `clean_prediction` spec's targets are the predictions at t = 0, which every sample meets there.
+    """
     notes = []
     for test in summary["unit_tests"]:
         threshold, clean = test.get("threshold"), test.get("clean_accuracy")
-        if _is_number(threshold) and _is_number(clean) and threshold > clean:
+        if test.get("property", "true_label") == "true_label" and _is_number(threshold) and _is_number(clean) and threshold > clean:
             notes.append(f"note: {test['name']}: threshold {threshold:g} is above the clean accuracy {_below(clean, threshold)}: no model can reach it on these samples")
     return notes
 

@@ -50,6 +50,7 @@ def test_console_table_notes_each_threshold_above_the_clean_accuracy() -> None:
             _row("strict", threshold=0.99, clean_accuracy=0.978),
             _row("bound", threshold=0.99, clean_accuracy=0.978, threshold_on="lower_confidence_bound"),
             _row("close", threshold=0.99, clean_accuracy=0.98999),
+            _row("unchanged", threshold=0.99, clean_accuracy=0.8, property="clean_prediction"),  # its targets are the predictions at t = 0
             _row("broken", "error", threshold=1.0),
         )
     )
