@@ -52,7 +52,7 @@ class PerChannelNormalize(nn.Module):
         return (x - self.mean) * self.inverse_std
 
 
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
+CHAIN_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv2d,
     nn.ConvTranspose2d,
@@ -66,6 +66,13 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Identity,
     PerChannelNormalize,
     ViewAs,
+    nn.Sequential,
+    nn.ModuleList,
+)
+"""The layers of plain chains, which every bound backend (auto_LiRPA 0.3 and later included) handles."""
+
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
+    *CHAIN_LAYERS,
     nn.MaxPool2d,
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
@@ -75,8 +82,6 @@ SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Softplus,
     nn.GELU,
     nn.SiLU,
-    nn.Sequential,
-    nn.ModuleList,
 )
 """Layer types whose bounds are tested (tests/verify/test_layer_soundness.py, tests/verify/test_pooling_and_activations.py,
 tests/verify/test_graph_soundness.py).

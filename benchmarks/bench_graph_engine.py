@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,18 +31,7 @@ from auditai_ops.verify.engine import margin_specification
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_linear_bounds import pixel_problem  # noqa: E402 - the benchmark's own problem
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def baseline_module(commit: str) -> types.ModuleType:
-    """`auditai_ops/verify/linear_bounds.py` as of `commit`, as a module of its own."""
-    source = subprocess.run(["git", "show", f"{commit}:auditai_ops/verify/linear_bounds.py"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    module = types.ModuleType(f"baseline_linear_bounds_{commit}")
-    module.__file__ = f"<{commit}:auditai_ops/verify/linear_bounds.py>"
-    sys.modules[module.__name__] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - the repository's own file at a commit
-    return module
+from bench_pixel import baseline_bounds  # noqa: E402 - the engine at a commit, loaded from git
 
 
 def interleaved(paths: dict[str, Callable[[], torch.Tensor]], repeats: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -100,7 +87,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    old = baseline_module(args.baseline)
+    old = baseline_bounds(args.baseline)
     decoder, cnn, z, direction, targets, source = pixel_problem(args.batch)
     C = margin_specification(targets, 10)
     t_low, t_high = torch.full((args.batch, 1), -0.1), torch.full((args.batch, 1), 0.1)

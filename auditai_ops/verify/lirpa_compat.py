@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from auditai_ops.layers import SUPPORTED_LAYERS, PerChannelNormalize, UnsupportedLayerError, ViewAs, check_supported
+from auditai_ops.layers import CHAIN_LAYERS, SUPPORTED_LAYERS, UnsupportedLayerError, check_supported
 
 if TYPE_CHECKING:
     from auto_LiRPA import BoundedModule
@@ -475,25 +475,7 @@ def check_bounded_by_auto_lirpa(model: nn.Module, example_inputs: tuple[torch.Te
                 )
 
 
-_CORE_LAYERS: frozenset[type[nn.Module]] = frozenset(
-    {
-        nn.Linear,
-        nn.Conv2d,
-        nn.ConvTranspose2d,
-        nn.BatchNorm1d,
-        nn.BatchNorm2d,
-        nn.ReLU,
-        nn.LeakyReLU,
-        nn.Sigmoid,
-        nn.Tanh,
-        nn.Flatten,
-        nn.Identity,
-        nn.Sequential,
-        nn.ModuleList,
-        PerChannelNormalize,
-        ViewAs,
-    }
-)
+_CORE_LAYERS: frozenset[type[nn.Module]] = frozenset(CHAIN_LAYERS)
 _PROBED: dict[tuple[str, str, tuple[int, ...]], str | None] = {}
 
 
