@@ -587,6 +587,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise AuditInputError(f"{source}: {_yaml_problem(error, text)}") from None
     except RecursionError:
         raise AuditInputError(f"{source}: not valid YAML: nested too deeply") from None
+    except (ValueError, KeyError, TypeError, OverflowError) as error:  # an explicit tag (!!int, !!float, !!bool, !!timestamp) on a value it cannot read
+        raise AuditInputError(f"{source}: not valid YAML: a tagged value cannot be read ({_one_line(str(error))})") from None
 
 
 def read_config_text(path: Path) -> str:

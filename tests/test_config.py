@@ -94,6 +94,8 @@ def _yaml_error(text: str) -> str:
         ("verify:\n\tsamples: 3\n", "audit.yaml: not valid YAML at line 2, column 1: found character '\\t' that cannot start any token (while scanning for the next token)"),
         ("verify: {samples: 3}\n\nx: \x00\n", "audit.yaml: not valid YAML at line 3, column 4: unacceptable character #x0000 (special characters are not allowed)"),
         ("a: *nowhere\n", "audit.yaml: not valid YAML at line 1, column 4: found undefined alias 'nowhere'"),
+        ("!!int inputs: 1\n", "audit.yaml: not valid YAML: a tagged value cannot be read (invalid literal for int() with base 10: 'inputs')"),  # found by test_fuzzed_config_long
+        ("a: !!bool maybe\n", "audit.yaml: not valid YAML: a tagged value cannot be read ('maybe')"),
         (
             "!!python/object/apply:os.system [echo]\n",
             "audit.yaml: not valid YAML at line 1, column 1: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'",
